@@ -1,0 +1,128 @@
+"""ONNX Runtime backend: one InferenceSession per bundle component, created once.
+
+Providers are chosen by what actually works: TensorRT EP, then CUDA EP, then CPU (or `providers=[...]`).
+onnxruntime-gpu lists TensorRT/CUDA as available even on a machine without a GPU and then quietly runs on CPU,
+so the provider reported as `.provider` is always read back from `session.get_providers()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from crisis_tool.runtime.backends.base import Backend
+from crisis_tool.runtime.bundle import COMPONENTS, Bundle
+from crisis_tool.runtime.errors import BundleError, UsageError
+
+log = logging.getLogger(__name__)
+
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+               "tensor(int32)": np.int32}
+
+SessionFactory = Callable[[str, Any, list[str]], Any]
+
+
+def default_providers() -> list[str]:
+    """The preferred providers this onnxruntime build offers (not necessarily usable here)."""
+    available = set(ort.get_available_providers())
+    return [p for p in PREFERRED_PROVIDERS if p in available] or ["CPUExecutionProvider"]
+
+
+def _make_session(path: str, options: Any, providers: list[str]) -> Any:
+    """InferenceSession with ORT's own fallback chatter (printed to stdout, logged to stderr) silenced."""
+    ort.set_default_logger_severity(4)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return ort.InferenceSession(path, sess_options=options, providers=providers)
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs the bundle's ONNX graphs with ONNX Runtime; thread-safe (InferenceSession.run is)."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        precision: str | None = None,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        session_factory: SessionFactory | None = None,
+    ) -> None:
+        self.precision = precision or bundle.precision
+        if self.precision not in bundle.manifest["graphs"]:
+            raise UsageError(
+                f"bundle {bundle.root} has no {self.precision} graphs (has {', '.join(bundle.precisions())})"
+            )
+        requested = list(providers) if providers else default_providers()
+        known = set(ort.get_all_providers())
+        unknown = [p for p in requested if p not in known]
+        if unknown:
+            raise UsageError(f"unknown onnxruntime provider(s) {', '.join(unknown)}")
+        self.requested_providers = requested
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        factory = session_factory or _make_session
+        self.sessions: dict[str, Any] = {}
+        active = requested
+        for component in COMPONENTS:
+            path = self._graph_path(bundle, component)
+            try:
+                session = factory(str(path), options, active)
+            except Exception as exc:  # noqa: BLE001 - ORT raises plain RuntimeError/Fail subclasses
+                raise BundleError(f"{path}: onnxruntime cannot load this graph ({exc})") from exc
+            # The first session tells which providers really work; the others reuse that answer.
+            active = list(session.get_providers())
+            self.sessions[component] = session
+        self.providers = active
+        self.provider = active[0] if active else "unknown"
+        if self.provider != requested[0]:
+            log.warning("onnxruntime: %s requested but %s is in use", requested[0], self.provider)
+        self._input_types = {
+            c: {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in s.get_inputs()} for c, s in self.sessions.items()
+        }
+        self._head_outputs = [o.name for o in self.sessions["head"].get_outputs()]
+
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        return None
+
+    def _graph_path(self, bundle: Bundle, component: str) -> Path:
+        graphs = bundle.manifest["graphs"][self.precision]
+        if component not in graphs:  # a variant may quantise only the encoders
+            return bundle.graph_path(component, "fp32")
+        return bundle.graph_path(component, self.precision)
+
+    def _run(self, component: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        types = self._input_types[component]
+        feeds = {k: np.ascontiguousarray(v, dtype=types.get(k, v.dtype)) for k, v in feeds.items()}
+        return self.sessions[component].run(None, feeds)
+
+    def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
+        return np.asarray(self._run("image_encoder", {"pixel_values": pixel_values})[0], dtype=np.float32)
+
+    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self._run("text_encoder", {"input_ids": input_ids})[0], dtype=np.float32)
+
+    def decode(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        outputs = self._run("head", {"image_embeds": image_embeds, "text_embeds": text_embeds})
+        by_name = dict(zip(self._head_outputs, outputs, strict=False))
+        logits = by_name.get("logits", outputs[0])
+        probs = by_name.get("probs", outputs[-1])
+        return np.asarray(logits, dtype=np.float32), np.asarray(probs, dtype=np.float32)
+
+    def close(self) -> None:
+        self.sessions.clear()

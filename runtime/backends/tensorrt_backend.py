@@ -1,0 +1,185 @@
+"""TensorRT 10 backend: runs the bundle's prebuilt engines (engines/ in the manifest) with cuda-python.
+
+Engines are device specific: each manifest entry records trt_version, gpu_name and compute_capability, and an
+engine built for another GPU or TensorRT version is refused (`engine_meta.check_engine_compat`) rather than
+risking wrong results. Device memory is handled through cuda-python's runtime bindings (no torch): per
+component one execution context, one CUDA stream and device buffers that grow to the largest batch seen.
+Calls on one component are serialised with a lock (an execution context is not thread-safe).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from crisis_tool.runtime.backends.base import Backend
+from crisis_tool.runtime.bundle import COMPONENTS, Bundle
+from crisis_tool.runtime.errors import BundleError, MissingDependencyError, UsageError
+
+_INSTALL_HINT = "pip install 'crisis-tool[trt]' on a machine with an NVIDIA GPU"
+
+
+def _import_trt() -> tuple[Any, Any]:
+    """(tensorrt, cudart) or MissingDependencyError with one line."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise MissingDependencyError(f"the tensorrt backend needs TensorRT 10 ({_INSTALL_HINT})") from None
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # cuda-python < 12.6
+        except ImportError:
+            raise MissingDependencyError(f"the tensorrt backend needs cuda-python ({_INSTALL_HINT})") from None
+    return trt, cudart
+
+
+def _check(cudart: Any, result: Any) -> Any:
+    """Unpack a cuda-python call's (err, *values) result; MissingDependencyError on a CUDA error."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        name = cudart.cudaGetErrorName(err)[1]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        raise MissingDependencyError(f"CUDA error {name} (no usable NVIDIA GPU?)")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def gpu_identity(cudart: Any, device: int = 0) -> tuple[str, str]:
+    """(GPU name, compute capability "major.minor") of `device`."""
+    count = _check(cudart, cudart.cudaGetDeviceCount())
+    if not count:
+        raise MissingDependencyError("the tensorrt backend needs an NVIDIA GPU (none found)")
+    props = _check(cudart, cudart.cudaGetDeviceProperties(device))
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+    return name.rstrip("\x00").strip(), f"{props.major}.{props.minor}"
+
+
+class _Engine:
+    """One deserialised engine with its context, stream and growable device buffers."""
+
+    def __init__(self, trt: Any, cudart: Any, runtime: Any, blob: bytes, label: str) -> None:
+        self.trt, self.cudart = trt, cudart
+        self.engine = runtime.deserialize_cuda_engine(blob)
+        if self.engine is None:
+            raise BundleError(f"{label}: TensorRT could not deserialise this engine")
+        self.context = self.engine.create_execution_context()
+        self.stream = _check(cudart, cudart.cudaStreamCreate())
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        mode = trt.TensorIOMode.INPUT
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
+        self.lock = threading.Lock()
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, cap = self.buffers.get(name, (0, 0))
+        if nbytes > cap:
+            if ptr:
+                _check(self.cudart, self.cudart.cudaFree(ptr))
+            ptr, cap = int(_check(self.cudart, self.cudart.cudaMalloc(max(nbytes, 1)))), max(nbytes, 1)
+            self.buffers[name] = (ptr, cap)
+        return ptr
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cudart = self.cudart
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        with self.lock:
+            hosts = {}
+            for name in self.inputs:
+                host = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
+                hosts[name] = host
+                self.context.set_input_shape(name, tuple(host.shape))
+                ptr = self._buffer(name, host.nbytes)
+                _check(cudart, cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, h2d, self.stream))
+                self.context.set_tensor_address(name, ptr)
+            results = {}
+            for name in self.outputs:
+                out = np.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name])
+                results[name] = out
+                self.context.set_tensor_address(name, self._buffer(name, out.nbytes))
+            if not self.context.execute_async_v3(self.stream):
+                raise BundleError("TensorRT engine execution failed")
+            for name, out in results.items():
+                ptr = self.buffers[name][0]
+                _check(cudart, cudart.cudaMemcpyAsync(out.ctypes.data, ptr, out.nbytes, d2h, self.stream))
+            _check(cudart, cudart.cudaStreamSynchronize(self.stream))
+        return results
+
+    def close(self) -> None:
+        for ptr, _ in self.buffers.values():
+            self.cudart.cudaFree(ptr)
+        self.buffers.clear()
+        if self.stream is not None:
+            self.cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
+
+
+class TensorRTBackend(Backend):
+    """Runs the bundle's TensorRT engines for `precision` (default: the bundle's precision)."""
+
+    name = "tensorrt"
+
+    def __init__(self, bundle: Bundle, precision: str | None = None, providers: Any = None, device: int = 0) -> None:
+        if providers:
+            raise UsageError("--providers only applies to the onnxruntime backend")
+        trt, cudart = _import_trt()
+        from crisis_tool.runtime.engine_meta import check_engine_compat
+
+        self.precision = precision or bundle.precision
+        _check(cudart, cudart.cudaSetDevice(device))
+        gpu_name, capability = gpu_identity(cudart, device)
+        self.provider = f"TensorRT {trt.__version__} on {gpu_name}"
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engines: dict[str, _Engine] = {}
+        for component in COMPONENTS:
+            entry = bundle.engine_entry(component, self.precision)
+            if entry is None:
+                raise BundleError(
+                    f"{bundle.root}: no {self.precision} TensorRT engine for {component} "
+                    "(build one with `crisis-tool export ... --tensorrt` on this GPU)"
+                )
+            check_engine_compat(entry, trt.__version__, gpu_name, capability)
+            path = bundle.root / entry["file"]
+            if not path.is_file():
+                raise BundleError(f"{bundle.root}: missing engine file {entry['file']}")
+            self.engines[component] = _Engine(trt, cudart, runtime, path.read_bytes(), str(path))
+
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        """None when TensorRT, cuda-python and a GPU are present, else why not (one line)."""
+        try:
+            _, cudart = _import_trt()
+            gpu_identity(cudart)
+        except MissingDependencyError as exc:
+            return str(exc)
+        return None
+
+    def _run_one(self, component: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        engine = self.engines[component]
+        out = engine.run(feeds)
+        return [out[name] for name in engine.outputs]
+
+    def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self._run_one("image_encoder", {"pixel_values": pixel_values})[0].astype(np.float32, copy=False)
+
+    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
+        return self._run_one("text_encoder", {"input_ids": input_ids})[0].astype(np.float32, copy=False)
+
+    def decode(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        engine = self.engines["head"]
+        out = engine.run({"image_embeds": image_embeds, "text_embeds": text_embeds})
+        logits = out.get("logits", out[engine.outputs[0]])
+        probs = out.get("probs", out[engine.outputs[-1]])
+        return logits.astype(np.float32, copy=False), probs.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()
+        self.engines.clear()

@@ -1,0 +1,333 @@
+"""Batched, torch-free prediction over records: one `Prediction` per input record, in input order.
+
+Per batch (up to `max_batch` records): image files are read, hashed (sha256 of the bytes), decoded and
+preprocessed in a small thread pool while the previous batch runs on the backend; texts are composed
+(`compose_text`, the bundle's text source), tokenized with the batch trimmed to its longest sequence and encoded
+shortest-first; identical images and texts are encoded once (LRU caches of embeddings keyed by sha256); the
+head runs once per batch.
+
+Records that cannot be classified become error predictions, never exceptions:
+* no image (None or "")           -> "record X: no image (field 'image')" (the head needs both modalities)
+* text None/empty/whitespace      -> "record X: empty text (field 'text')" (a tweet that cleans to "", e.g.
+  only a URL, is still classified); a text longer than the context length is truncated.
+* unreadable/corrupt/oversized image -> "record X: bad image (field 'image', PATH): reason"
+A bundle trained on LLaVA text ("llava", "tweet+llava") given records without `llava_text` uses the tweet alone
+and warns once per Predictor that the accuracy of this mismatch is unknown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crisis_tool.runtime.backends import Backend, create_backend
+from crisis_tool.runtime.bundle import Bundle
+from crisis_tool.runtime.preprocess import MAX_PIXELS, PreprocessConfig, load_image, preprocess_image
+from crisis_tool.runtime.records import Record, RecordError
+from crisis_tool.runtime.text_clean import compose_text
+from crisis_tool.runtime.tokenizer import ClipTokenizer
+
+log = logging.getLogger(__name__)
+
+TIMING_KEYS = ("decode_preprocess", "tokenize", "image_encoder", "text_encoder", "head", "total")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The output for one record: label/confidence/probs, or `error` (then label and confidence are None)."""
+
+    id: str | None
+    label: str | None
+    confidence: float | None
+    probs: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, rid: str | None, error: str) -> Prediction:
+        return cls(rid, None, None, {}, error)
+
+
+class EmbeddingCache:
+    """Thread-safe LRU of embeddings keyed by content hash."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._data
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclass
+class _Batch:
+    """One batch in flight: its items, per-record image futures and decoded images by sha256."""
+
+    items: list[Record | RecordError]
+    futures: dict[int, Future] = field(default_factory=dict)
+    claimed: set[str] = field(default_factory=set)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Predictor:
+    """Classifies records with a bundle's three components on any `Backend`; safe to share between threads."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        backend: Backend,
+        max_batch: int = 32,
+        cache_size: int = 4096,
+        workers: int | None = None,
+        max_pixels: int = MAX_PIXELS,
+    ) -> None:
+        self.bundle = bundle
+        self.backend = backend
+        self.max_batch = max(1, int(max_batch))
+        self.labels = bundle.labels
+        self.text_source = bundle.text_source
+        self.tokenizer = ClipTokenizer.from_config(bundle.tokenizer_config, bundle.root)
+        self.preprocess = PreprocessConfig.from_dict(bundle.preprocess_config)
+        self.max_pixels = max_pixels
+        self.image_cache = EmbeddingCache(cache_size)
+        self.text_cache = EmbeddingCache(cache_size)
+        self._pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1),
+                                        thread_name_prefix="crisis-decode")
+        self._lock = threading.Lock()
+        self._warned_llava = False
+        self.cold_start_s: float | None = None
+        self.last_timings: dict[str, float] = dict.fromkeys(TIMING_KEYS, 0.0)
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path,
+        backend: str = "onnxruntime",
+        max_batch: int = 32,
+        precision: str | None = None,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        verify: bool = True,
+        **options: Any,
+    ) -> Predictor:
+        """Load (and verify) a bundle and its backend; `cold_start_s` records how long that took."""
+        start = time.perf_counter()
+        bundle = Bundle.load(path, verify=verify)
+        extra = {"threads": threads} if threads else {}
+        engine = create_backend(backend, bundle, precision=precision, providers=providers, **extra)
+        predictor = cls(bundle, engine, max_batch=max_batch, **options)
+        predictor.cold_start_s = time.perf_counter() - start
+        return predictor
+
+    # ---------------------------------------------------------------- public API
+    def predict(self, records: Iterable[Record | RecordError]) -> list[Prediction]:
+        """One Prediction per record, in order."""
+        items = list(records)
+        chunks = (items[i : i + self.max_batch] for i in range(0, len(items), self.max_batch))
+        return list(self._pipeline(chunks))
+
+    def predict_stream(self, records: Iterable[Record | RecordError]) -> Iterator[Prediction]:
+        """Predictions as batches complete (in order); holds at most two batches in memory."""
+        it = iter(records)
+        yield from self._pipeline(iter(lambda: list(islice(it, self.max_batch)), []))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.backend.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- pipeline
+    def _pipeline(self, batches: Iterator[list[Record | RecordError]]) -> Iterator[Prediction]:
+        """Decode batch k+1 in the pool while batch k runs on the backend."""
+        timings = dict.fromkeys(TIMING_KEYS, 0.0)
+        start = time.perf_counter()
+        pending: _Batch | None = None
+        try:
+            for items in batches:
+                nxt = self._submit(items, timings)
+                if pending is not None:
+                    yield from self._finish(pending, timings)
+                pending = nxt
+            if pending is not None:
+                yield from self._finish(pending, timings)
+                pending = None
+        finally:
+            if pending is not None:
+                for future in pending.futures.values():
+                    future.cancel()
+            timings["total"] = time.perf_counter() - start
+            self.last_timings = timings
+
+    def _submit(self, items: list[Record | RecordError], timings: dict[str, float]) -> _Batch:
+        batch = _Batch(items)
+        for i, item in enumerate(items):
+            if isinstance(item, Record) and item.image:
+                batch.futures[i] = self._pool.submit(self._load_image, item.image, batch, timings)
+        return batch
+
+    def _load_image(self, path: str, batch: _Batch, timings: dict[str, float]) -> tuple[str | None, str | None]:
+        """(sha256, None) once the image is decoded or cached, or (None, reason)."""
+        start = time.perf_counter()
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            return None, f"cannot read file ({exc.strerror or exc})"
+        sha = hashlib.sha256(data).hexdigest()
+        with batch.lock:
+            if sha in batch.claimed or sha in self.image_cache:
+                return sha, None
+            batch.claimed.add(sha)
+        try:
+            array = preprocess_image(load_image(data, max_pixels=self.max_pixels), self.preprocess)
+            with batch.lock:
+                batch.arrays[sha] = array
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is this record's error
+            with batch.lock:
+                batch.failures[sha] = str(exc) or type(exc).__name__
+        finally:
+            with self._lock:
+                timings["decode_preprocess"] += time.perf_counter() - start
+        return sha, None
+
+    def _text_of(self, record: Record) -> str | None:
+        """The composed text, or None when the record has no usable text."""
+        tweet = record.text if record.text and record.text.strip() else None
+        llava = record.llava_text if record.llava_text and record.llava_text.strip() else None
+        source = self.text_source
+        if source != "tweet" and llava is None:
+            self._warn_llava()
+            source = "tweet"
+        if (tweet if source == "tweet" else llava) is None:
+            return None
+        return compose_text(tweet, llava, source)
+
+    def _warn_llava(self) -> None:
+        with self._lock:
+            if self._warned_llava:
+                return
+            self._warned_llava = True
+        log.warning(
+            "bundle text source is %r but some records have no llava_text: they use the tweet alone; the "
+            "accuracy of this mismatch is unknown", self.text_source,
+        )
+
+    def _finish(self, batch: _Batch, timings: dict[str, float]) -> list[Prediction]:
+        out: list[Prediction | None] = [None] * len(batch.items)
+        texts: dict[int, str] = {}
+        shas: dict[int, str] = {}
+        for i, item in enumerate(batch.items):
+            if isinstance(item, RecordError):
+                out[i] = Prediction.failed(item.id, item.error)
+                continue
+            problems = []
+            if not item.image:
+                problems.append("no image (field 'image')")
+            text = self._text_of(item)
+            if text is None:
+                problems.append("empty text (field 'text')")
+            if i in batch.futures:
+                sha, reason = batch.futures[i].result()
+                reason = reason or (batch.failures.get(sha) if sha else None)
+                if reason:
+                    problems.append(f"bad image (field 'image', {item.image}): {reason}")
+                else:
+                    shas[i] = sha
+            if problems:
+                out[i] = Prediction.failed(item.id, f"record {item.id}: " + "; ".join(problems))
+            else:
+                texts[i] = text  # type: ignore[assignment]
+        ok = [i for i in texts if i in shas]
+        if ok:
+            image_embeds = self._image_embeddings([shas[i] for i in ok], batch, timings)
+            text_embeds = self._text_embeddings([texts[i] for i in ok], timings)
+            start = time.perf_counter()
+            _, probs = self.backend.decode(image_embeds, text_embeds)
+            self._add(timings, "head", start)
+            for row, i in enumerate(ok):
+                p = probs[row]
+                best = int(np.argmax(p))
+                out[i] = Prediction(batch.items[i].id, self.labels[best], float(p[best]),
+                                    {label: float(v) for label, v in zip(self.labels, p, strict=True)})
+        return out  # type: ignore[return-value]
+
+    def _add(self, timings: dict[str, float], key: str, start: float) -> None:
+        with self._lock:
+            timings[key] += time.perf_counter() - start
+
+    def _image_embeddings(self, shas: list[str], batch: _Batch, timings: dict[str, float]) -> np.ndarray:
+        found = {sha: self.image_cache.get(sha) for sha in dict.fromkeys(shas)}
+        missing = [sha for sha, emb in found.items() if emb is None]
+        for sha in missing:
+            if sha not in batch.arrays:  # evicted from the cache after the worker checked it: decode now
+                raise RuntimeError(f"internal: image {sha[:12]} neither cached nor decoded")
+        for start_row in range(0, len(missing), self.max_batch):
+            chunk = missing[start_row : start_row + self.max_batch]
+            start = time.perf_counter()
+            embeds = self.backend.encode_image(np.stack([batch.arrays[sha] for sha in chunk]))
+            self._add(timings, "image_encoder", start)
+            for sha, emb in zip(chunk, embeds, strict=True):
+                found[sha] = emb
+                self.image_cache.put(sha, emb)
+        return np.stack([found[sha] for sha in shas]).astype(np.float32, copy=False)
+
+    def _text_embeddings(self, texts: list[str], timings: dict[str, float]) -> np.ndarray:
+        keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
+        found = {k: self.text_cache.get(k) for k in dict.fromkeys(keys)}
+        missing = {k: t for k, t in zip(keys, texts, strict=True) if found[k] is None}
+        if missing:
+            start = time.perf_counter()
+            ids = self.tokenizer.tokenize(list(missing.values()), trim=True)
+            self._add(timings, "tokenize", start)
+            # real length = last non-padding position + 1 (the eot); shortest first, trimmed per chunk
+            lengths = ids.shape[1] - np.argmax((ids != 0)[:, ::-1], axis=1)
+            order = np.argsort(lengths, kind="stable")
+            missing_keys = list(missing)
+            for start_row in range(0, len(order), self.max_batch):
+                rows = order[start_row : start_row + self.max_batch]
+                width = max(2, int(lengths[rows].max()))
+                start = time.perf_counter()
+                embeds = self.backend.encode_text(np.ascontiguousarray(ids[rows, :width]))
+                self._add(timings, "text_encoder", start)
+                for row, emb in zip(rows, embeds, strict=True):
+                    found[missing_keys[row]] = emb
+                    self.text_cache.put(missing_keys[row], emb)
+        return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)

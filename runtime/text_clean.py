@@ -1,0 +1,55 @@
+"""Tweet text cleaning and the text fed to the CLIP text encoder.
+
+`clean_tweet` applies, in order:
+
+1. ftfy repair of mojibake ("Weâ€™re" -> "We’re"); curly quotes are kept as they are (uncurl_quotes=False),
+   the CLIP tokenizer normalises them later anyway.
+2. URL removal: only the URL token itself (``http://...``, ``https://...``, ``www....``), up to the next
+   whitespace. Text after a URL is kept (the original authors' code dropped everything after the first URL).
+3. Retweet marker: a leading ``RT`` token (upper case, optionally followed by ``:``) is dropped. The account
+   that follows (``RT @user: text`` -> ``@user: text``) is kept: it often names the source (e.g. @FEMA).
+4. ``#`` marks are removed, the hashtag word is kept (``#Harvey`` -> ``Harvey``).
+5. Whitespace (including newlines and tabs) is collapsed to single spaces and the ends are stripped.
+
+`compose_text` builds the text for one example from the tweet and an optional LLaVA caption.
+"""
+
+from __future__ import annotations
+
+import re
+
+import ftfy
+from crisis_tool.runtime.errors import UsageError
+
+TEXT_SOURCES: tuple[str, ...] = ("tweet", "llava", "tweet+llava")
+
+_URL_RE = re.compile(r"(?:https?://|(?<![\w.@/])www\.)\S*", re.IGNORECASE)
+_RT_RE = re.compile(r"^RT(?::|(?=\s)|$)")
+
+
+def clean_tweet(text: str | None) -> str:
+    """Return `text` repaired and cleaned (see the module docstring); None or empty gives ""."""
+    if not text:
+        return ""
+    text = ftfy.fix_text(str(text), uncurl_quotes=False)
+    text = _URL_RE.sub(" ", text)
+    text = " ".join(text.split())
+    text = _RT_RE.sub("", text)
+    text = text.replace("#", "")
+    return " ".join(text.split())
+
+
+def compose_text(tweet: str | None, llava: str | None, source: str) -> str:
+    """The text for one example under `source` (one of TEXT_SOURCES).
+
+    "tweet": the cleaned tweet. "llava": the cleaned LLaVA caption ("" when there is none).
+    "tweet+llava": cleaned tweet and cleaned caption joined by one space (the tweet alone when the caption is
+    missing or empty).
+    """
+    if source not in TEXT_SOURCES:
+        raise UsageError(f"unknown text source {source!r}; expected one of {', '.join(TEXT_SOURCES)}")
+    if source == "tweet":
+        return clean_tweet(tweet)
+    if source == "llava":
+        return clean_tweet(llava)
+    return " ".join(part for part in (clean_tweet(tweet), clean_tweet(llava)) if part)

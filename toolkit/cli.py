@@ -1,0 +1,64 @@
+"""The `crisis-tool` command line: thin Typer commands that parse, call and print.
+
+Each command lives in `crisis_tool.commands.<module>` and registers itself; heavy imports
+(torch, open_clip, onnx) happen inside the command bodies so that `predict` and `bench` work
+with the lean install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from crisis_tool.runtime.errors import CrisisToolError
+
+COMMAND_MODULES = (
+    "data_cmds",
+    "train_cmds",
+    "export_cmds",
+    "predict_cmd",
+    "bench_cmd",
+    "caption_cmd",
+    "reproduce_cmd",
+    "demo_cmd",
+)
+
+app = typer.Typer(
+    name="crisis-tool",
+    help="Train, export (ONNX/TensorRT), run and benchmark the multimodal crisis-tweet classifier.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"crisis_tool.commands.{_name}").register(app)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI in-process and return its exit code (tests use this).
+
+    User errors (`CrisisToolError`) become one line on stderr and their exit code, never a traceback.
+    """
+    try:
+        app(args=argv, prog_name="crisis-tool")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except CrisisToolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main() -> None:
+    """Console entry point."""
+    raise SystemExit(run())
+
+
+if __name__ == "__main__":
+    main()

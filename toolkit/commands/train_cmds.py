@@ -1,0 +1,94 @@
+"""`crisis-tool train` and `crisis-tool evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from crisis_tool.runtime.errors import UsageError
+
+
+def _print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report.get('task', '')} {report.get('split', '')}: n={report['n']}  "
+                        f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
+                        f"weighted-F1 {report['weighted_f1']:.4f}")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, m in report["per_class"].items():
+        table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_cmd(
+        data: Path = typer.Option(..., "--data", help="CrisisMMD_v2.0 folder (split TSVs + data_image/)."),
+        task: str = typer.Option(..., "--task", help="informative | humanitarian | damage (or task1..task3)."),
+        out: Path = typer.Option(..., "--out", help="Run dir to write."),
+        head: str = typer.Option("guided-diff", help="guided | guided-diff | reference (authors' code)."),
+        modality: str = typer.Option("both", help="both | image | text."),
+        text: str = typer.Option("tweet", "--text", help="tweet | llava | tweet+llava."),
+        llava_file: Path | None = typer.Option(None, help="LLaVA texts (caption JSONL or TSV with LLaVA_text)."),
+        clip_model: str = typer.Option("ViT-B-32", help="OpenCLIP architecture (crisis-tiny for tests)."),
+        pretrained: str = typer.Option("openai", help="OpenCLIP tag, checkpoint path, or none (random)."),
+        splits: str = typer.Option("settingA", help="settingA | all | agreed_label."),
+        optimizer: str = typer.Option("sgd", help="sgd (paper) | adamw."),
+        lr: float = typer.Option(1e-3, help="Learning rate."),
+        batch_size: int = typer.Option(32, help="Batch size."),
+        epochs: int = typer.Option(50, help="Maximum epochs."),
+        early_stop: int = typer.Option(10, help="Stop after this many epochs without dev improvement."),
+        seed: int = typer.Option(0, help="Random seed (deterministic on the CPU)."),
+        cache_dir: Path | None = typer.Option(None, help="Feature cache (default ~/.cache/crisis-tool/features)."),
+        skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop rows with missing/unreadable images."),
+    ) -> None:
+        """Train a fusion head on cached, frozen CLIP features."""
+        from crisis_tool.data.crisismmd import resolve_task
+        from crisis_tool.models.heads import HeadConfig
+        from crisis_tool.train import DEFAULT_CACHE, TrainOptions, train
+
+        spec = resolve_task(task)
+        try:
+            HeadConfig(num_classes=2, clip_embed_dim=1, head=head, modality=modality)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        if text != "tweet" and llava_file is None:
+            typer.echo(f"note: --text {text} without --llava-file uses a LLaVA_text column if the TSVs have one",
+                       err=True)
+        opts = TrainOptions(head=head, modality=modality, text_source=text, optimizer=optimizer, lr=lr,
+                            batch_size=batch_size, epochs=epochs, early_stop=early_stop, seed=seed,
+                            skip_bad=skip_bad, splits=splits)
+        metrics = train(data, spec, out, opts, clip_model, pretrained, llava_file, cache_dir or DEFAULT_CACHE,
+                        log=lambda m: typer.echo(m, err=True))
+        dev = metrics["dev"]
+        typer.echo(f"run dir {out}: dev accuracy {dev['accuracy']:.4f}, macro-F1 {dev['macro_f1']:.4f}, "
+                   f"weighted-F1 {dev['weighted_f1']:.4f}")
+
+    @app.command("evaluate")
+    def evaluate_cmd(
+        model: Path = typer.Option(..., "--model", help="Run dir written by `crisis-tool train`."),
+        data: Path = typer.Option(..., "--data", help="CrisisMMD_v2.0 folder."),
+        split: str = typer.Option("test", help="train | dev | test."),
+        llava_file: Path | None = typer.Option(None, help="LLaVA texts for llava text sources."),
+        json_out: Path | None = typer.Option(None, "--json", help="Write the metrics as JSON."),
+        confusion_png: Path | None = typer.Option(None, "--confusion-png",
+                                                  help="Confusion matrix PNG (default RUN_DIR/confusion_<split>.png)."),
+        cache_dir: Path | None = typer.Option(None, help="Feature cache."),
+        skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop rows with missing/unreadable images."),
+    ) -> None:
+        """Accuracy, macro/weighted F1, per-class P/R/F1 and a confusion matrix."""
+        from crisis_tool.evaluate import evaluate_run
+        from crisis_tool.train import DEFAULT_CACHE
+
+        png = confusion_png or Path(model) / f"confusion_{split}.png"
+        report = evaluate_run(model, data, split, llava_file, cache_dir or DEFAULT_CACHE, skip_bad, png,
+                              log=lambda m: typer.echo(m, err=True))
+        _print_report(report)
+        typer.echo(f"confusion matrix: {png}")
+        if json_out:
+            json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            typer.echo(f"metrics: {json_out}")

@@ -1,0 +1,47 @@
+"""Evaluate a run dir on a CrisisMMD split: metrics JSON and a confusion-matrix PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crisis_tool.clip_loader import LoadedClip, load_clip
+from crisis_tool.data.crisismmd import load_split, resolve_task
+from crisis_tool.data.llava_text import read_llava_file
+from crisis_tool.features import FeatureCache
+from crisis_tool.run_dir import RunDir, load_run
+from crisis_tool.runtime.charts import heatmap
+from crisis_tool.runtime.errors import UsageError
+from crisis_tool.train import DEFAULT_CACHE, evaluate_head, report_data_issues
+
+
+def load_run_clip(run: RunDir) -> LoadedClip:
+    """The CLIP encoders a run was trained on, checked against the recorded weights hash."""
+    spec = run.config["clip"]
+    clip = load_clip(spec["model_name"], spec["pretrained"])
+    if clip.weights_sha256 != spec["weights_sha256"]:
+        raise UsageError(
+            f"{run.path}: CLIP weights differ from those the head was trained on "
+            f"(sha256 {clip.weights_sha256[:12]} != {spec['weights_sha256'][:12]}); pass the same --pretrained"
+        )
+    return clip
+
+
+def evaluate_run(model: Path, data: Path, split: str = "test", llava_file: Path | None = None,
+                 cache_dir: Path = DEFAULT_CACHE, skip_bad: bool = False, confusion_png: Path | None = None,
+                 log=print) -> dict:
+    """Metrics of a trained head on a split; optionally draws the confusion matrix."""
+    run = load_run(model)
+    task = resolve_task(run.config["task"])
+    clip = load_run_clip(run)
+    llava = read_llava_file(llava_file) if llava_file else None
+    splits = run.config.get("data", {}).get("splits", "settingA")
+    examples = load_split(data, task, split, splits)
+    enc = FeatureCache(cache_dir, clip).encode_split(data, examples, run.config["text_source"], llava,
+                                                     run.labels, skip_bad)
+    report_data_issues(split, enc, run.config["text_source"], log)
+    report = evaluate_head(run.head, enc, run.labels)
+    report.update(split=split, task=task.name, model=str(model), skipped_images=len(enc.bad_images))
+    if confusion_png is not None:
+        heatmap(report["confusion_matrix"], run.labels, run.labels, confusion_png,
+                title=f"{task.name} / {split}: confusion matrix (rows true, columns predicted)")
+    return report
