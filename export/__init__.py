@@ -1,1 +1,2 @@
-"""Export of a trained run to a portable bundle: ONNX graphs, parity gates, int8/fp16 variants, TensorRT engines."""
+"""Export of a trained run to a portable bundle: ONNX graphs, parity gates,
+int8/fp16 variants, TensorRT engines."""

@@ -7,10 +7,12 @@ C number of classes.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -38,12 +40,52 @@ class Tolerance:
     min_top1: float | None = None
 
 
+class ExportableAttention(nn.Module):
+    """`nn.MultiheadAttention` (self-attention, packed in-projection) written with plain ops.
+
+    The TorchScript exporter bakes traced sizes into MHA's reshapes; this version keeps B and L dynamic.
+    """
+
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        if not mha._qkv_same_embed_dim or mha.in_proj_weight is None:
+            raise ValueError("only packed-projection self-attention can be exported")
+        self.mha = mha
+        self.num_heads = mha.num_heads
+        self.head_dim = mha.embed_dim // mha.num_heads
+        self.batch_first = mha.batch_first
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor | None = None, value: torch.Tensor | None = None,
+                need_weights: bool = False, attn_mask: torch.Tensor | None = None, **_: object
+                ) -> tuple[torch.Tensor, None]:
+        x = query if self.batch_first else query.transpose(0, 1)  # [B, N, E]
+        qkv = F.linear(x, self.mha.in_proj_weight, self.mha.in_proj_bias)
+        qkv = qkv.unflatten(-1, (3, self.num_heads, self.head_dim)).permute(2, 0, 3, 1, 4)  # [3, B, h, N, d]
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+        if attn_mask is not None:
+            scores = scores + attn_mask
+        out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).flatten(2)  # [B, N, E]
+        out = self.mha.out_proj(out)
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+def exportable_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of `module` with every `nn.MultiheadAttention` replaced by `ExportableAttention`."""
+    module = copy.deepcopy(module)
+    for parent in list(module.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, nn.MultiheadAttention):
+                setattr(parent, child_name, ExportableAttention(child))
+    return module
+
+
 class ImageEncoderGraph(nn.Module):
     """pixel_values [B,3,H,W] -> image_embeds [B,D] (unnormalised, as `encode_image`)."""
 
     def __init__(self, clip_model: nn.Module) -> None:
         super().__init__()
-        self.visual = clip_model.visual
+        self.visual = exportable_copy(clip_model.visual)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.visual(pixel_values)
@@ -61,7 +103,7 @@ class TextEncoderGraph(nn.Module):
         super().__init__()
         self.token_embedding = clip_model.token_embedding
         self.positional_embedding = clip_model.positional_embedding
-        self.transformer = clip_model.transformer
+        self.transformer = exportable_copy(clip_model.transformer)
         self.ln_final = clip_model.ln_final
         self.text_projection = clip_model.text_projection
         self.register_buffer("attn_mask", clip_model.attn_mask.clone(), persistent=False)
@@ -72,9 +114,9 @@ class TextEncoderGraph(nn.Module):
         x = self.token_embedding(input_ids) + self.positional_embedding[:length]
         x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
         x = self.ln_final(x)
-        eot_index = (input_ids == self.eot_token_id).to(torch.int32).argmax(dim=-1)
-        gather_index = eot_index.to(torch.int64).view(-1, 1, 1).expand(-1, 1, x.shape[-1])
-        pooled = torch.gather(x, 1, gather_index).squeeze(1)
+        eot_index = (input_ids == self.eot_token_id).to(torch.int32).argmax(dim=-1).to(torch.int64)
+        rows = torch.arange(input_ids.shape[0], dtype=torch.int64, device=input_ids.device)
+        pooled = x.flatten(0, 1)[rows * length + eot_index]  # a plain 1-D Gather
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(pooled)
         return pooled @ self.text_projection
@@ -87,7 +129,8 @@ class HeadGraph(nn.Module):
         super().__init__()
         self.head = head
 
-    def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.head(image_embeds, text_embeds)
         return logits, torch.softmax(logits, dim=-1)
 
@@ -153,7 +196,10 @@ GRAPHS: dict[str, GraphSpec] = {
     "head": GraphSpec(
         name="head",
         factory=lambda head, **_: HeadGraph(head),
-        inputs=(TensorSpec("image_embeds", "float32", ("B", "D")), TensorSpec("text_embeds", "float32", ("B", "D"))),
+        inputs=(
+            TensorSpec("image_embeds", "float32", ("B", "D")),
+            TensorSpec("text_embeds", "float32", ("B", "D")),
+        ),
         outputs=(TensorSpec("logits", "float32", ("B", "C")), TensorSpec("probs", "float32", ("B", "C"))),
         tolerances=dict(_HEAD_GATE),
     ),

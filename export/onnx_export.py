@@ -9,10 +9,9 @@ from pathlib import Path
 
 import onnx
 import torch
-from torch import nn
-
 from crisis_tool.export.graphs import GraphSpec
 from crisis_tool.runtime.errors import CrisisToolError
+from torch import nn
 
 DEFAULT_OPSET = 17
 
@@ -32,7 +31,9 @@ def example_inputs(spec: GraphSpec, dims: dict[str, int]) -> tuple[torch.Tensor,
     return tuple(tensors)
 
 
-def export_graph(module: nn.Module, spec: GraphSpec, path: Path, dims: dict[str, int], opset: int = DEFAULT_OPSET) -> Path:
+def export_graph(
+    module: nn.Module, spec: GraphSpec, path: Path, dims: dict[str, int], opset: int = DEFAULT_OPSET
+) -> Path:
     """Export `module` to `path` as a single-file ONNX model and check it. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

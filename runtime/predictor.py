@@ -2,17 +2,17 @@
 
 Per batch (up to `max_batch` records): image files are read, hashed (sha256 of the bytes), decoded and
 preprocessed in a small thread pool while the previous batch runs on the backend; texts are composed
-(`compose_text`, the bundle's text source), tokenized with the batch trimmed to its longest sequence and encoded
-shortest-first; identical images and texts are encoded once (LRU caches of embeddings keyed by sha256); the
-head runs once per batch.
+(`compose_text`, the bundle's text source), tokenized with each batch trimmed to its longest sequence and
+encoded shortest-first; identical images and texts are encoded once (LRU caches of embeddings keyed by
+sha256); the head runs once per batch.
 
 Records that cannot be classified become error predictions, never exceptions:
 * no image (None or "")           -> "record X: no image (field 'image')" (the head needs both modalities)
 * text None/empty/whitespace      -> "record X: empty text (field 'text')" (a tweet that cleans to "", e.g.
   only a URL, is still classified); a text longer than the context length is truncated.
 * unreadable/corrupt/oversized image -> "record X: bad image (field 'image', PATH): reason"
-A bundle trained on LLaVA text ("llava", "tweet+llava") given records without `llava_text` uses the tweet alone
-and warns once per Predictor that the accuracy of this mismatch is unknown.
+A bundle trained on LLaVA text ("llava", "tweet+llava") given records without `llava_text` uses the tweet
+alone and warns once per Predictor that the accuracy of this mismatch is unknown.
 """
 
 from __future__ import annotations
@@ -22,17 +22,15 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from crisis_tool.runtime.backends import Backend, create_backend
+from crisis_tool.runtime.batching import EmbeddingCache, RecordQueue
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.preprocess import MAX_PIXELS, PreprocessConfig, load_image, preprocess_image
 from crisis_tool.runtime.records import Record, RecordError
@@ -59,38 +57,6 @@ class Prediction:
         return cls(rid, None, None, {}, error)
 
 
-class EmbeddingCache:
-    """Thread-safe LRU of embeddings keyed by content hash."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> np.ndarray | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def __contains__(self, key: str) -> bool:
-        with self._lock:
-            return key in self._data
-
-    def put(self, key: str, value: np.ndarray) -> None:
-        if self.capacity <= 0:
-            return
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.capacity:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
 @dataclass
 class _Batch:
     """One batch in flight: its items, per-record image futures and decoded images by sha256."""
@@ -100,6 +66,7 @@ class _Batch:
     claimed: set[str] = field(default_factory=set)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    cached: dict[str, np.ndarray] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -157,13 +124,22 @@ class Predictor:
     def predict(self, records: Iterable[Record | RecordError]) -> list[Prediction]:
         """One Prediction per record, in order."""
         items = list(records)
-        chunks = (items[i : i + self.max_batch] for i in range(0, len(items), self.max_batch))
-        return list(self._pipeline(chunks))
+        chunks = iter([items[i : i + self.max_batch] for i in range(0, len(items), self.max_batch)])
+        return list(self._pipeline(lambda block: next(chunks, None)))
 
-    def predict_stream(self, records: Iterable[Record | RecordError]) -> Iterator[Prediction]:
-        """Predictions as batches complete (in order); holds at most two batches in memory."""
-        it = iter(records)
-        yield from self._pipeline(iter(lambda: list(islice(it, self.max_batch)), []))
+    def predict_stream(
+        self, records: Iterable[Record | RecordError], linger_s: float = 0.05
+    ) -> Iterator[Prediction]:
+        """Predictions as batches complete, in order, with bounded memory (suits stdin).
+
+        A batch closes at `max_batch` records, or `linger_s` after its first record when input pauses, so a
+        slow producer still gets its answers promptly.
+        """
+        stream = RecordQueue(records, 2 * self.max_batch)
+        try:
+            yield from self._pipeline(lambda block: stream.take(self.max_batch, block, linger_s))
+        finally:
+            stream.stop()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -176,13 +152,21 @@ class Predictor:
         self.close()
 
     # ---------------------------------------------------------------- pipeline
-    def _pipeline(self, batches: Iterator[list[Record | RecordError]]) -> Iterator[Prediction]:
-        """Decode batch k+1 in the pool while batch k runs on the backend."""
+    def _pipeline(self, take: Callable[[bool], list[Record | RecordError] | None]) -> Iterator[Prediction]:
+        """Decode batch k+1 in the pool while batch k runs on the backend.
+
+        `take(block)` returns the next batch, [] when none is ready yet (only asked with block=False), or None
+        at the end of the input.
+        """
         timings = dict.fromkeys(TIMING_KEYS, 0.0)
         start = time.perf_counter()
         pending: _Batch | None = None
         try:
-            for items in batches:
+            while (items := take(pending is None)) is not None:
+                if not items:  # input paused: answer what we have
+                    yield from self._finish(pending, timings)  # type: ignore[arg-type]
+                    pending = None
+                    continue
                 nxt = self._submit(items, timings)
                 if pending is not None:
                     yield from self._finish(pending, timings)
@@ -204,7 +188,9 @@ class Predictor:
                 batch.futures[i] = self._pool.submit(self._load_image, item.image, batch, timings)
         return batch
 
-    def _load_image(self, path: str, batch: _Batch, timings: dict[str, float]) -> tuple[str | None, str | None]:
+    def _load_image(
+        self, path: str, batch: _Batch, timings: dict[str, float]
+    ) -> tuple[str | None, str | None]:
         """(sha256, None) once the image is decoded or cached, or (None, reason)."""
         start = time.perf_counter()
         try:
@@ -212,8 +198,11 @@ class Predictor:
         except OSError as exc:
             return None, f"cannot read file ({exc.strerror or exc})"
         sha = hashlib.sha256(data).hexdigest()
+        cached = self.image_cache.get(sha)
         with batch.lock:
-            if sha in batch.claimed or sha in self.image_cache:
+            if cached is not None:
+                batch.cached[sha] = cached
+            if sha in batch.claimed or cached is not None:
                 return sha, None
             batch.claimed.add(sha)
         try:
@@ -252,6 +241,7 @@ class Predictor:
 
     def _finish(self, batch: _Batch, timings: dict[str, float]) -> list[Prediction]:
         out: list[Prediction | None] = [None] * len(batch.items)
+        loaded = {i: future.result() for i, future in batch.futures.items()}  # all decodes done
         texts: dict[int, str] = {}
         shas: dict[int, str] = {}
         for i, item in enumerate(batch.items):
@@ -264,8 +254,8 @@ class Predictor:
             text = self._text_of(item)
             if text is None:
                 problems.append("empty text (field 'text')")
-            if i in batch.futures:
-                sha, reason = batch.futures[i].result()
+            if i in loaded:
+                sha, reason = loaded[i]
                 reason = reason or (batch.failures.get(sha) if sha else None)
                 if reason:
                     problems.append(f"bad image (field 'image', {item.image}): {reason}")
@@ -294,11 +284,8 @@ class Predictor:
             timings[key] += time.perf_counter() - start
 
     def _image_embeddings(self, shas: list[str], batch: _Batch, timings: dict[str, float]) -> np.ndarray:
-        found = {sha: self.image_cache.get(sha) for sha in dict.fromkeys(shas)}
+        found = {sha: batch.cached.get(sha) for sha in dict.fromkeys(shas)}
         missing = [sha for sha, emb in found.items() if emb is None]
-        for sha in missing:
-            if sha not in batch.arrays:  # evicted from the cache after the worker checked it: decode now
-                raise RuntimeError(f"internal: image {sha[:12]} neither cached nor decoded")
         for start_row in range(0, len(missing), self.max_batch):
             chunk = missing[start_row : start_row + self.max_batch]
             start = time.perf_counter()
@@ -331,3 +318,4 @@ class Predictor:
                     found[missing_keys[row]] = emb
                     self.text_cache.put(missing_keys[row], emb)
         return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+

@@ -33,6 +33,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
 TSV_REQUIRED = ("tweet_id", "image_id", "tweet_text", "image")
 LLAVA_COLUMNS = ("LLaVA_text", "llava_text")
+_TSV_ROOT_HINT = "{path}: a TSV input needs --image-root (the CrisisMMD folder holding data_image/)"
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,8 @@ class _DuplicateGuard:
             return item
         first = self._seen.setdefault(item.id, item.line_no)
         if first != item.line_no:
-            return RecordError(
-                item.id, f"duplicate id {item.id}, first seen on {self._unit} {first}", item.line_no, item.source
-            )
+            message = f"duplicate id {item.id}, first seen on {self._unit} {first}"
+            return RecordError(item.id, message, item.line_no, item.source)
         return item
 
 
@@ -91,7 +91,8 @@ def _decode(raw: bytes, line_no: int, source: str) -> str | RecordError:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return RecordError(None, f"{source}: invalid UTF-8 on line {line_no} (byte {exc.start})", line_no, source)
+        message = f"{source}: invalid UTF-8 on line {line_no} (byte {exc.start})"
+        return RecordError(None, message, line_no, source)
 
 
 def _optional_str(obj: dict, key: str) -> str | None:
@@ -166,7 +167,8 @@ def _tsv_header(raw: bytes, path: Path) -> list[str]:
     missing = [c for c in TSV_REQUIRED if c not in header]
     if missing:
         raise DataError(
-            f"{path}: not a CrisisMMD split TSV (header lacks {', '.join(missing)}; found {', '.join(header)})"
+            f"{path}: not a CrisisMMD split TSV (header lacks {', '.join(missing)}; "
+            f"found {', '.join(header)})"
         )
     return header
 
@@ -175,7 +177,7 @@ def read_tsv(path: str | Path, image_root: str | Path | None) -> Iterator[Item]:
     """Records of a CrisisMMD split TSV (id = image_id, image = image_root / image column)."""
     path = Path(path)
     if image_root is None:
-        raise UsageError(f"{path}: a TSV input needs --image-root (the CrisisMMD folder holding data_image/)")
+        raise UsageError(_TSV_ROOT_HINT.format(path=path))
     base = Path(image_root)
     source = str(path)
     guard = _DuplicateGuard()
@@ -255,7 +257,7 @@ def read_records(source: str | Path, image_root: str | Path | None = None) -> It
     suffix = path.suffix.lower()
     if suffix == ".tsv":
         if image_root is None:
-            raise UsageError(f"{path}: a TSV input needs --image-root (the CrisisMMD folder holding data_image/)")
+            raise UsageError(_TSV_ROOT_HINT.format(path=path))
         return read_tsv(path, image_root)
     if suffix in JSONL_SUFFIXES:
         return read_jsonl(path, image_root)

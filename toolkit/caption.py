@@ -14,23 +14,22 @@ A file written with another model or prompt is refused rather than mixed.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crisis_tool.data.llava_text import parse_jsonl, read_llava_file  # noqa: F401  (re-exported)
 from crisis_tool.runtime.errors import DataError, MissingDependencyError, UsageError
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 DEFAULT_PROMPT_FILE = Path(__file__).resolve().parent / "prompts" / "llava_default.txt"
 DEFAULT_SPLITS = ("train", "dev", "test")
 IMAGE_TOKEN = "<image>"
-MAX_IMAGE_PIXELS = 64_000_000
 PLACEHOLDER = re.compile(r"\{(tweet|event|image_id|tweet_id)\}")
 ROW_KEYS = ("image_id", "llava_text", "model", "prompt_sha256", "error")
 
@@ -103,26 +102,6 @@ def collect_items(
     return list(items.values())
 
 
-def _parse_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    """Yield (line number, row); a truncated last line (crash mid-write) is ignored."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines):
-                continue
-            raise DataError(f"{path}:{n}: not a JSON object") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{n}: not a JSON object")
-        yield n, row
-
-
 def prepare_output(out: Path, model: str, prompt_sha256: str) -> set[str]:
     """Make `out` ready to append to and return the image_ids already captioned successfully.
 
@@ -133,7 +112,7 @@ def prepare_output(out: Path, model: str, prompt_sha256: str) -> set[str]:
         return set()
     keep: dict[str, dict[str, Any]] = {}
     dropped = 0
-    for n, row in _parse_jsonl(out):
+    for n, row in parse_jsonl(out):
         if "image_id" not in row:
             raise DataError(f"{out}:{n}: row has no image_id; not a caption file")
         for key in ("model", "prompt_sha256"):
@@ -274,7 +253,7 @@ def _load_batch(items: Sequence[CaptionItem]) -> tuple[list[tuple[CaptionItem, A
     failed: list[tuple[str, str]] = []
     for item in items:
         try:
-            ok.append((item, load_image(item.image_path, max_pixels=MAX_IMAGE_PIXELS)))
+            ok.append((item, load_image(item.image_path)))
         except (DataError, OSError, ValueError) as exc:
             failed.append((item.image_id, str(exc) or type(exc).__name__))
     return ok, failed
@@ -344,37 +323,3 @@ def caption_items(
             if on_batch is not None:
                 on_batch(n)
     return summary
-
-
-def _read_tsv(path: Path) -> dict[str, str]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        fields = {f.strip(): f for f in reader.fieldnames or []}
-        text_col = fields.get("LLaVA_text") or fields.get("llava_text")
-        if "image_id" not in fields or text_col is None:
-            raise DataError(
-                f"{path} has no image_id and LLaVA_text columns (found: {', '.join(fields) or 'none'})"
-            )
-        return {row[fields["image_id"]].strip(): (row[text_col] or "").strip() for row in reader}
-
-
-def read_llava_file(path: str | Path) -> dict[str, str]:
-    """image_id -> LLaVA text from a `crisis-tool caption` JSONL (error rows skipped) or a TSV with
-    `image_id` and `LLaVA_text` columns. Raises DataError naming the file when it is missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"LLaVA text file not found: {path}")
-    try:
-        with path.open(encoding="utf-8") as fh:
-            head = fh.read(1024).lstrip()
-        if not head.startswith("{"):
-            return _read_tsv(path)
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
-    texts: dict[str, str] = {}
-    for n, row in _parse_jsonl(path):
-        if "image_id" not in row or "llava_text" not in row:
-            raise DataError(f"{path}:{n}: row lacks image_id or llava_text")
-        if row.get("error") is None and row["llava_text"] is not None:
-            texts[str(row["image_id"])] = str(row["llava_text"])
-    return texts

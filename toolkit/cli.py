@@ -11,7 +11,6 @@ import importlib
 import sys
 
 import typer
-
 from crisis_tool.runtime.errors import CrisisToolError
 
 COMMAND_MODULES = (

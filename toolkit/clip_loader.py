@@ -16,7 +16,6 @@ from pathlib import Path
 
 import open_clip
 import torch
-
 from crisis_tool.runtime.errors import UsageError
 from crisis_tool.runtime.preprocess import PreprocessConfig
 
@@ -67,7 +66,7 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 
@@ -76,7 +75,9 @@ def _resolve_tag_checkpoint(model_name: str, tag: str, cache_dir: str | None) ->
     cfg = open_clip.get_pretrained_cfg(model_name, tag)
     if not cfg:
         tags = ", ".join(t for m, t in open_clip.list_pretrained() if m == model_name) or "none"
-        raise UsageError(f"unknown --pretrained tag {tag!r} for {model_name} (known tags: {tags}, or a file path, or none)")
+        raise UsageError(
+            f"unknown --pretrained tag {tag!r} for {model_name} (known tags: {tags}, or a file path, or none)"
+        )
     hf_cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
         os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
     )

@@ -31,7 +31,7 @@ class Backend(ABC):
     def decode(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fusion head: embeddings [B,D] x2 -> (logits [B,C], probs [B,C])."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions/engines (optional)."""
 
     def describe(self) -> str:

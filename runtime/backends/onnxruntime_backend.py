@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-
 from crisis_tool.runtime.backends.base import Backend
 from crisis_tool.runtime.bundle import COMPONENTS, Bundle
 from crisis_tool.runtime.errors import BundleError, UsageError
@@ -89,10 +88,12 @@ class OnnxRuntimeBackend(Backend):
             self.sessions[component] = session
         self.providers = active
         self.provider = active[0] if active else "unknown"
-        if self.provider != requested[0]:
-            log.warning("onnxruntime: %s requested but %s is in use", requested[0], self.provider)
+        if self.provider != requested[0]:  # expected with the automatic choice on a machine without a GPU
+            level = logging.WARNING if providers else logging.INFO
+            log.log(level, "onnxruntime: %s requested but %s is in use", requested[0], self.provider)
         self._input_types = {
-            c: {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in s.get_inputs()} for c, s in self.sessions.items()
+            c: {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in s.get_inputs()}
+            for c, s in self.sessions.items()
         }
         self._head_outputs = [o.name for o in self.sessions["head"].get_outputs()]
 

@@ -13,7 +13,6 @@ import threading
 from typing import Any
 
 import numpy as np
-
 from crisis_tool.runtime.backends.base import Backend
 from crisis_tool.runtime.bundle import COMPONENTS, Bundle
 from crisis_tool.runtime.errors import BundleError, MissingDependencyError, UsageError
@@ -33,7 +32,9 @@ def _import_trt() -> tuple[Any, Any]:
         try:
             from cuda import cudart  # cuda-python < 12.6
         except ImportError:
-            raise MissingDependencyError(f"the tensorrt backend needs cuda-python ({_INSTALL_HINT})") from None
+            raise MissingDependencyError(
+                f"the tensorrt backend needs cuda-python ({_INSTALL_HINT})"
+            ) from None
     return trt, cudart
 
 
@@ -126,7 +127,9 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, bundle: Bundle, precision: str | None = None, providers: Any = None, device: int = 0) -> None:
+    def __init__(
+        self, bundle: Bundle, precision: str | None = None, providers: Any = None, device: int = 0
+    ) -> None:
         if providers:
             raise UsageError("--providers only applies to the onnxruntime backend")
         trt, cudart = _import_trt()
@@ -145,7 +148,7 @@ class TensorRTBackend(Backend):
                     f"{bundle.root}: no {self.precision} TensorRT engine for {component} "
                     "(build one with `crisis-tool export ... --tensorrt` on this GPU)"
                 )
-            check_engine_compat(entry, trt.__version__, gpu_name, capability)
+            check_engine_compat(entry, trt.__version__, gpu_name, capability, bundle=str(bundle.root))
             path = bundle.root / entry["file"]
             if not path.is_file():
                 raise BundleError(f"{bundle.root}: missing engine file {entry['file']}")
@@ -167,7 +170,8 @@ class TensorRTBackend(Backend):
         return [out[name] for name in engine.outputs]
 
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self._run_one("image_encoder", {"pixel_values": pixel_values})[0].astype(np.float32, copy=False)
+        embeds = self._run_one("image_encoder", {"pixel_values": pixel_values})[0]
+        return embeds.astype(np.float32, copy=False)
 
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
         return self._run_one("text_encoder", {"input_ids": input_ids})[0].astype(np.float32, copy=False)

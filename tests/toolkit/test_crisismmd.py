@@ -6,7 +6,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from crisis_tool.data.crisismmd import TASKS, load_split, read_split_tsv, resolve_task
 from crisis_tool.runtime.errors import DataError, UsageError
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from crisis_tool.models.heads import HeadConfig, build_head
 
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import typer
-
 from crisis_tool.runtime.errors import UsageError
 
 

@@ -117,7 +117,9 @@ def read_split_tsv(path: Path, task: TaskSpec) -> list[Example]:
             fields = dict(zip(task.columns, row))
             label = task.class_of(fields["label"])
             if label is None:
-                raise DataError(f"{path}:{line_no}: unknown label {fields['label']!r} for task {task.name} (field 'label')")
+                raise DataError(
+                    f"{path}:{line_no}: unknown label {fields['label']!r} for task {task.name} (field 'label')"
+                )
             llava = row[llava_col] if llava_col is not None and llava_col < len(row) else None
             examples.append(
                 Example(

@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from crisis_tool.models.diff_attention import LengthOneDiffAttn, MultiheadDiffAttn
+from torch import nn
 
 HEAD_TYPES = ("guided", "guided-diff", "reference")
 MODALITIES = ("both", "image", "text")

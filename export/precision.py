@@ -1,0 +1,96 @@
+"""Reduced-precision ONNX variants: int8 (dynamic weight quantization) and fp16 (norms/softmax kept fp32)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from unittest import mock
+
+import onnx
+
+# Weight types tried for int8, in order; the parity gate decides which one is kept per graph. The last
+# resort "fp32" keeps a graph that no weight type quantizes within its gate unquantized (recorded as such).
+INT8_WEIGHT_TYPES = ("QUInt8", "QInt8", "fp32")
+
+# Ops kept in fp32 in fp16 graphs: normalisation, softmax and the reductions / powers they are built from.
+FP16_OP_BLOCK_LIST = (
+    "LayerNormalization",
+    "BatchNormalization",
+    "Softmax",
+    "Pow",
+    "ReduceMean",
+    "ReduceSum",
+    "Sqrt",
+    "Reciprocal",
+    "Erf",
+)
+
+
+def quantize_int8(src: Path, dst: Path, weight_type: str) -> Path:
+    """Dynamic int8 quantization of MatMul/Gemm (and Conv) weights; activations quantized at run time.
+
+    `weight_type` "fp32" copies the graph unquantized.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if weight_type == "fp32":
+        shutil.copyfile(src, dst)
+        return Path(dst)
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint on the root logger
+    try:
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            quantize_dynamic(str(src), str(dst), weight_type=getattr(QuantType, weight_type))
+    finally:
+        root.setLevel(level)
+    return Path(dst)
+
+
+def norm_division_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of Div nodes that divide by a Sqrt / Pow / ReduceMean result (hand-written norms)."""
+    producers = {out: node.op_type for node in model.graph.node for out in node.output}
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "Div" and len(node.input) > 1
+        and producers.get(node.input[1]) in {"Sqrt", "Pow", "ReduceMean"}
+    ]
+
+
+def inline_identity_initializers(model: onnx.ModelProto) -> None:
+    """Replace `Identity(initializer)` nodes (shared weights) by initializers of their own.
+
+    The fp16 converter casts such a node's output to fp16 even when it feeds a blocked (fp32) op.
+    """
+    inits = {init.name: init for init in model.graph.initializer}
+    for node in list(model.graph.node):
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            model.graph.initializer.append(copy)
+            model.graph.node.remove(node)
+
+
+def convert_fp16(src: Path, dst: Path) -> Path:
+    """fp16 weights and compute with float32 inputs/outputs; norm, softmax and reductions stay fp32."""
+    from onnxconverter_common import float16
+
+    model = onnx.load(str(src))
+    inline_identity_initializers(model)
+    # Its cast-pair clean-up pass crashes when an fp32 graph input feeds several nodes; it only removes
+    # redundant Cast pairs, so skip it.
+    with mock.patch.object(float16, "remove_unnecessary_cast_node", lambda graph: None):
+        converted = float16.convert_float_to_float16(
+            model,
+            keep_io_types=True,
+            op_block_list=list(FP16_OP_BLOCK_LIST),
+            node_block_list=norm_division_nodes(model),
+        )
+    onnx.save(converted, str(dst))
+    return Path(dst)

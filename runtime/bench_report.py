@@ -1,0 +1,123 @@
+"""Bench output: a rich table with the machine header, JSON, a Markdown table and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("choice", "backend"), ("precision", "prec"), ("provider", "provider"), ("batch_size", "batch"),
+    ("status", "status"), ("model_mb", "MB"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
+    ("items_per_s", "items/s"), ("speedup_vs_torch", "speedup"), ("max_abs_diff", "max|diff|"),
+    ("cosine", "min cos"), ("top1_agreement", "top-1"), ("gflops", "GFLOP/s"), ("roofline_pct", "% GEMM"),
+    ("cold_start_s", "cold s"),
+)
+STAGE_COLUMNS = (("decode_preprocess", "decode+prep"), ("tokenize", "tokenize"), ("image_encoder", "image enc"),
+                 ("text_encoder", "text enc"), ("head", "head"))
+
+
+def fmt(key: str, value: Any) -> str:
+    """One cell: numbers with sensible precision, '-' for missing."""
+    if value is None:
+        return "-"
+    if key == "speedup_vs_torch":
+        return f"{value:.2f}x"
+    if key in ("max_abs_diff",):
+        return f"{value:.2e}"
+    if key in ("cosine",):
+        return f"{value:.6f}"
+    if key == "top1_agreement":
+        return f"{100 * value:.1f}%"
+    if key in ("non_encoder_share",):
+        return f"{100 * value:.1f}%"
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
+    return str(value)
+
+
+def header_lines(header: dict[str, Any]) -> list[str]:
+    """The machine and method, as printed above the table and in the Markdown file."""
+    versions = ", ".join(f"{k} {v}" for k, v in header.get("versions", {}).items() if v)
+    gemm = header.get("gemm_gflops")
+    return [
+        f"CPU: {header.get('cpu')} ({header.get('cpu_count')} CPUs, {header.get('threads')} threads used), "
+        f"GPU: {header.get('gpu') or 'none'}, {header.get('os')}, Python {header.get('python')}",
+        f"versions: {versions}",
+        f"fp32 GEMM roofline: {f'{gemm:.1f} GFLOP/s' if gemm else 'not measured'} "
+        f"(numpy matmul 1024-2048, {header.get('blas')}, {header.get('threads')} threads)"
+        + (f"; encoder FLOPs {header['flops_note']}" if header.get("flops_note") else ""),
+        f"bundle: {header.get('bundle')}, component: {header.get('component')}, inputs: {header.get('inputs')}",
+        f"method: {header.get('warmup')} warm-up reps, then ~{header.get('seconds_per_row')} s per row "
+        f"interleaved round-robin; {header.get('timing')}; parity vs {header.get('parity_reference') or 'n/a'}",
+    ]
+
+
+def _stage_text(row: dict[str, Any]) -> str:
+    stages = row.get("stages_ms")
+    if not stages:
+        return "-"
+    parts = [f"{label} {stages[key]:.1f}" for key, label in STAGE_COLUMNS]
+    return ", ".join(parts) + f" ms; non-encoder {fmt('non_encoder_share', row.get('non_encoder_share'))}"
+
+
+def render_table(result: dict[str, Any]) -> Group:
+    """Header lines + one table row per result row (+ the e2e stage split)."""
+    rows = result["rows"]
+    table = Table(show_lines=False, header_style="bold")
+    for _, label in COLUMNS:
+        table.add_column(label, justify="left" if label in ("backend", "prec", "provider", "status") else "right")
+    for row in rows:
+        style = None if row["status"] == "ok" else "dim"
+        table.add_row(*(fmt(key, row.get(key)) for key, _ in COLUMNS), style=style)
+    parts: list[Any] = [Text(line) for line in header_lines(result["header"])] + [table]
+    stage_rows = [r for r in rows if r.get("stages_ms")]
+    if stage_rows:
+        parts.append(Text("e2e time per batch (median ms): decode+preprocess, tokenize, image/text encoder, head"))
+        parts += [Text(f"  {r['choice']} b={r['batch_size']}: {_stage_text(r)}") for r in stage_rows]
+    return Group(*parts)
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """A GitHub Markdown table preceded by the machine header."""
+    lines = [f"- {line}" for line in header_lines(result["header"])] + [""]
+    lines.append("| " + " | ".join(label for _, label in COLUMNS) + " | e2e split |")
+    lines.append("|" + "|".join("---" for _ in range(len(COLUMNS) + 1)) + "|")
+    for row in result["rows"]:
+        cells = [fmt(key, row.get(key)).replace("|", "/") for key, _ in COLUMNS] + [_stage_text(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(result: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(markdown(result), encoding="utf-8")
+    return path
+
+
+def write_plot(result: dict[str, Any], path: str | Path) -> Path:
+    """PNG line chart of items/s vs batch size, one line per backend/precision (ok rows only)."""
+    from crisis_tool.runtime.charts import line_chart
+    from crisis_tool.runtime.errors import UsageError
+
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in result["rows"]:
+        if row["status"] == "ok" and row.get("items_per_s"):
+            series.setdefault(row["choice"], []).append((row["batch_size"], row["items_per_s"]))
+    if not series:
+        raise UsageError(f"--plot {path}: no row ran, nothing to plot")
+    header = result["header"]
+    title = f"crisis-tool bench ({header.get('component')}) on {header.get('cpu')}, {header.get('threads')} threads"
+    return line_chart(series, path, title, "batch size", "items/s", log2_x=True)

@@ -1,0 +1,120 @@
+"""`crisis-tool predict`: classify tweet-image records with an exported bundle (lean runtime, no torch).
+
+Inputs: a CrisisMMD split TSV (needs --image-root, the folder its `image` column is relative to), a JSONL file
+of {"id", "text", "image", "llava_text"?} (relative images resolve against --image-root or the file's folder),
+a folder of images (same-stem .txt files give the text) or "-" for JSONL on stdin (answered batch by batch as
+it arrives). Output: JSONL, one line per input record in input order ("-" = stdout).
+Exit codes: 0 every record classified, 3 some records failed (their lines carry "error"), 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from crisis_tool.runtime.predictor import Predictor
+    from crisis_tool.runtime.records import Record, RecordError
+    from crisis_tool.runtime.writers import JsonlWriter
+
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+EXIT_SOME_FAILED = 3
+
+
+def parse_providers(value: str | None) -> list[str] | None:
+    """"cpu,cuda" or full ONNX Runtime names -> provider list (None keeps the automatic choice)."""
+    if not value:
+        return None
+    names = [p.strip() for p in value.split(",") if p.strip()]
+    return [PROVIDER_ALIASES.get(p.lower(), p) for p in names] or None
+
+
+def _check_bundle_arg(bundle: Path) -> None:
+    from crisis_tool.runtime.bundle import MANIFEST_NAME
+    from crisis_tool.runtime.errors import UsageError
+
+    if not bundle.exists():
+        raise UsageError(f"bundle not found: {bundle}")
+    if not (bundle / MANIFEST_NAME).is_file():
+        raise UsageError(f"{bundle} is not a bundle (no {MANIFEST_NAME}); make one with `crisis-tool export`")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `predict` command to `app`."""
+
+    @app.command("predict")
+    def predict(
+        bundle: Path = typer.Option(..., "--bundle", help="Bundle folder written by `crisis-tool export`."),
+        input_: str = typer.Option(
+            ..., "--input", help="A CrisisMMD .tsv, a .jsonl, a folder of images, or '-' for JSONL on stdin."
+        ),
+        output: str = typer.Option(..., "--output", help="Output .jsonl, or '-' for stdout."),
+        backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime, tensorrt or torch."),
+        precision: str | None = typer.Option(
+            None, "--precision", help="fp32, fp16 or int8 (default: the bundle's own precision)."
+        ),
+        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Records per batch."),
+        image_root: Path | None = typer.Option(
+            None, "--image-root", help="Folder image paths are relative to (required for a TSV)."
+        ),
+        providers: str | None = typer.Option(
+            None, "--providers",
+            help="ONNX Runtime providers in order, e.g. 'cpu' or 'TensorrtExecutionProvider,cuda,cpu'.",
+        ),
+        threads: int | None = typer.Option(None, "--threads", min=1, help="Intra-op threads (onnxruntime)."),
+    ) -> None:
+        """Predict a label for every record; failed records get an "error" line, never a crash."""
+        from crisis_tool.runtime.predictor import Predictor
+        from crisis_tool.runtime.records import read_records
+        from crisis_tool.runtime.writers import JsonlWriter
+
+        _check_bundle_arg(bundle)
+        items = read_records(input_, image_root)
+        predictor = Predictor.from_bundle(
+            bundle, backend=backend, max_batch=batch_size, precision=precision,
+            providers=parse_providers(providers), threads=threads,
+        )
+        start = time.perf_counter()
+        with predictor, JsonlWriter(output) as writer:
+            _write_all(predictor, items, writer, flush_each=output == "-")
+        elapsed = time.perf_counter() - start
+        engine = predictor.backend
+        rate = writer.count / max(elapsed, 1e-9)
+        typer.echo(
+            f"{writer.count} records, {writer.errors} errors, {rate:.1f} records/s; "
+            f"backend {engine.name} ({engine.precision}) on {engine.provider}; "
+            f"cold start {predictor.cold_start_s or 0.0:.2f}s -> {output}",
+            err=True,
+        )
+        if writer.errors:
+            raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _write_all(
+    predictor: Predictor, items: Iterable[Record | RecordError], writer: JsonlWriter, flush_each: bool
+) -> None:
+    """Stream predictions into `writer` with a progress counter on a TTY."""
+    from rich.console import Console
+    from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(
+        SpinnerColumn(), TextColumn("predicting"), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=not sys.stderr.isatty(), transient=True,
+    ) as progress:
+        task = progress.add_task("predict", total=None)
+        for n, pred in enumerate(predictor.predict_stream(items), start=1):
+            writer.write(pred)
+            if flush_each or n % predictor.max_batch == 0:
+                writer.flush()
+            progress.advance(task)
