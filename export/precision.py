@@ -62,6 +62,15 @@ def norm_division_nodes(model: onnx.ModelProto) -> list[str]:
     ]
 
 
+def float_cast_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of `Cast(to=FLOAT)` nodes: the converter would mislabel their output as fp16."""
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)
+    ]
+
+
 def inline_identity_initializers(model: onnx.ModelProto) -> None:
     """Replace `Identity(initializer)` nodes (shared weights) by initializers of their own.
 
@@ -90,7 +99,7 @@ def convert_fp16(src: Path, dst: Path) -> Path:
             model,
             keep_io_types=True,
             op_block_list=list(FP16_OP_BLOCK_LIST),
-            node_block_list=norm_division_nodes(model),
+            node_block_list=norm_division_nodes(model) + float_cast_nodes(model),
         )
     onnx.save(converted, str(dst))
     return Path(dst)

@@ -206,7 +206,10 @@ def build_bundle_engines(bundle: Path, precision: str | None = None, max_batch: 
     precision = precision or manifest["precision"]
     max_batch = int(max_batch or manifest.get("max_batch", 64))
     timing_cache = Path(timing_cache or default_timing_cache())
-    dims = {"L": int(manifest["tokenizer"]["context_length"])}
+    size = int(manifest["preprocess"]["size"])
+    head_cfg = manifest["model"]["head"]
+    dims = {"L": int(manifest["tokenizer"]["context_length"]), "H": size, "W": size,
+            "D": int(head_cfg["clip_embed_dim"]), "C": int(head_cfg["num_classes"])}
     fp32 = manifest["graphs"]["fp32"]
     feeds = calibration_feeds(bundle, manifest) if precision == "int8" else {}
     entries: dict[str, Any] = {}

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from crisis_tool.runtime import bench_inputs, bench_workloads
 from crisis_tool.runtime.backends import Backend, backend_class, backend_unavailable_reason, create_backend
-from crisis_tool.runtime.bench_workloads import COMPONENT_CHOICES, GRAPHS_OF, STAGES, InputBatch
+from crisis_tool.runtime.bench_workloads import COMPONENT_CHOICES, STAGES, InputBatch, graph_files, torch_model_mb
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import CrisisToolError, MissingDependencyError, UsageError
-from crisis_tool.runtime.machine_info import cpu_count, machine_header
+from crisis_tool.runtime.machine_info import GemmProbe, cpu_count, machine_header
 from crisis_tool.runtime.predictor import Predictor
 
 # choice -> (registry backend, precision)
@@ -102,34 +102,6 @@ class Row:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def graph_files(bundle: Bundle, name: str, precision: str, component: str) -> list[Path]:
-    """Files a backend runs for `component` (variants fall back to fp32 for graphs they lack)."""
-    files = []
-    for graph in GRAPHS_OF[component]:
-        if name == "tensorrt":
-            entry = bundle.engine_entry(graph, precision)
-            if entry:
-                files.append(bundle.root / entry["file"])
-        elif name == "onnxruntime":
-            has = graph in bundle.manifest["graphs"].get(precision, {})
-            files.append(bundle.graph_path(graph, precision if has else "fp32"))
-        else:
-            files.append(bundle.root / "head.safetensors")
-    return files
-
-
-def torch_model_mb(backend: Backend, component: str) -> float | None:
-    """Parameter megabytes of the torch reference (its CLIP weights are not bundle files)."""
-    clip, head = getattr(backend, "clip_model", None), getattr(backend, "head", None)
-    if clip is None or head is None:
-        return None
-    visual = sum(p.numel() * p.element_size() for p in clip.visual.parameters())
-    total = sum(p.numel() * p.element_size() for p in clip.parameters())
-    head_b = sum(p.numel() * p.element_size() for p in head.parameters())
-    size = {"e2e": total + head_b, "image": visual, "text": total - visual, "head": head_b}[component]
-    return size / 1e6
-
-
 def _unavailable(bundle: Bundle, name: str, precision: str) -> str | None:
     if name == "torch" and importlib.util.find_spec("torch") is None:
         return "unavailable: torch is not installed (pip install 'crisis-tool[torch]')"
@@ -149,11 +121,13 @@ def _create(name: str, bundle: Bundle, precision: str, threads: int) -> Backend:
         import torch  # noqa: PLC0415 - optional reference backend, only when installed
 
         torch.set_num_threads(threads)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
-            return create_backend("torch", bundle, precision=precision)
+            return create_backend("torch", bundle, precision=precision, device=device)
         except (TypeError, UsageError):  # TorchBackend(clip, head) has no (bundle, ...) constructor
-            return backend_class("torch").from_bundle(bundle.root)  # type: ignore[attr-defined]
-    return create_backend(name, bundle, precision=precision, threads=threads)
+            return backend_class("torch").from_bundle(bundle.root, device=device)  # type: ignore[attr-defined]
+    options = {"threads": threads} if name == "onnxruntime" else {}
+    return create_backend(name, bundle, precision=precision, **options)
 
 
 def load_engine(choice: str, bundle: Bundle, opts: BenchOptions, threads: int) -> Engine:
@@ -205,7 +179,9 @@ def attach_flops(bundle: Bundle, component: str, inputs: dict[int, list[InputBat
     except ImportError:
         return "n/a: the onnx package is not installed (FLOP counting needs it)"
     try:
-        image_item = float(onnx_flops.count_flops(bundle.graph_path("image_encoder", "fp32"), {"B": 1}))
+        size = int(bundle.preprocess_config.get("size", 224))
+        image_dims = {"B": 1, "H": size, "W": size}
+        image_item = float(onnx_flops.count_flops(bundle.graph_path("image_encoder", "fp32"), image_dims))
         text_path, cache = bundle.graph_path("text_encoder", "fp32"), {}
         for batches in inputs.values():
             for b in batches:
@@ -239,8 +215,11 @@ def _fail(row: Row, exc: BaseException) -> None:
 
 
 def time_rows(rows: list[Row], inputs: dict[int, list[InputBatch]], opts: BenchOptions,
-              progress: Callable[[str], None] | None = None) -> None:
-    """Warm up every row, then interleave one repetition per row per round until the budget is spent."""
+              progress: Callable[[str], None] | None = None, probe: Callable[[], None] | None = None) -> None:
+    """Warm up every row, then interleave one repetition per row per round until the budget is spent.
+
+    `probe` (the GEMM roofline) runs once per round too, so it sees the same machine drift as the rows.
+    """
     live = [r for r in rows if r.status == "ok"]
     for row in live:
         for i in range(max(1, opts.warmup)):
@@ -252,7 +231,8 @@ def time_rows(rows: list[Row], inputs: dict[int, list[InputBatch]], opts: BenchO
             except Exception as exc:  # noqa: BLE001
                 _fail(row, exc)
                 break
-        row.latencies.clear(), row.stages.clear(), row.flops.clear(), row.transfer.clear()
+        for samples in (row.latencies, row.stages, row.flops, row.transfer):
+            samples.clear()
     live = [r for r in live if r.status == "ok"]
     budget = opts.seconds * len(live)
     start, rnd = time.perf_counter(), 0
@@ -264,6 +244,8 @@ def time_rows(rows: list[Row], inputs: dict[int, list[InputBatch]], opts: BenchO
             except Exception as exc:  # noqa: BLE001
                 _fail(row, exc)
         live = [r for r in live if r.status == "ok"]
+        if probe is not None:
+            probe()
         rnd += 1
         if progress and rnd % 5 == 0:
             progress(f"round {rnd}, {time.perf_counter() - start:.1f}/{budget:.1f} s")
@@ -285,8 +267,9 @@ def summarise(row: Row, component: str, gemm: float | None, bundle: Bundle, cold
     }
     if e.backend is not None:
         files = graph_files(bundle, e.name, e.precision, component)
-        out["model_mb"] = (torch_model_mb(e.backend, component) if e.name == "torch"
-                           else round(sum(f.stat().st_size for f in files if f.is_file()) / 1e6, 3))
+        size = (torch_model_mb(e.backend, component) if e.name == "torch"
+                else sum(f.stat().st_size for f in files if f.is_file()) / 1e6)
+        out["model_mb"] = None if size is None else round(size, 3)
     if row.status != "ok" or not row.latencies:
         return out
     total = float(sum(row.latencies))
@@ -339,6 +322,7 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None)
     cold = time.perf_counter() - start
     say("measuring the machine (fp32 GEMM roofline)")
     header = machine_header(threads, opts.measure_gemm, opts.gemm_seconds)
+    header["gemm_gflops_peak"] = header["gemm_gflops"]  # best single matmul, measured before the rows
     with tempfile.TemporaryDirectory(prefix="crisis-bench-") as tmp:
         needed = max(b * _batch_count(b) for b in opts.batch_sizes)
         records = _records(opts, Path(tmp), needed)
@@ -356,7 +340,10 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None)
                 bench_workloads.fill_head_inputs(batches, ok[0].backend)  # type: ignore[arg-type]
         flops_note = attach_flops(bundle, opts.component, inputs)
         rows = [Row(e, b, status=e.status) for e in engines for b in opts.batch_sizes]
-        time_rows(rows, inputs, opts, say)
+        probe = GemmProbe() if opts.measure_gemm else None
+        time_rows(rows, inputs, opts, say, probe)
+        if probe is not None and probe.gflops:  # the roofline under the same load as the rows
+            header["gemm_gflops"] = round(probe.gflops, 2)
         reference = next((r for r in rows if r.engine.choice == "torch" and r.status == "ok"), None) or next(
             (r for r in rows if r.engine.choice == "onnxruntime" and r.status == "ok"), None)
         for row in rows:

@@ -46,10 +46,12 @@ def header_lines(header: dict[str, Any]) -> list[str]:
     gemm = header.get("gemm_gflops")
     return [
         f"CPU: {header.get('cpu')} ({header.get('cpu_count')} CPUs, {header.get('threads')} threads used), "
-        f"GPU: {header.get('gpu') or 'none'}, {header.get('os')}, Python {header.get('python')}",
+        f"GPU: {header.get('gpu') or 'none'}, {header.get('os')}, Python {header.get('python')}, "
+        f"load average {header.get('load_average')}",
         f"versions: {versions}",
         f"fp32 GEMM roofline: {f'{gemm:.1f} GFLOP/s' if gemm else 'not measured'} "
-        f"(numpy matmul 1024-2048, {header.get('blas')}, {header.get('threads')} threads)"
+        f"(numpy 2048x2048 matmul interleaved with the rows; best single 1024-2048 matmul before: "
+        f"{header.get('gemm_gflops_peak')}; {header.get('blas')}, {header.get('threads')} threads)"
         + (f"; encoder FLOPs {header['flops_note']}" if header.get("flops_note") else ""),
         f"bundle: {header.get('bundle')}, component: {header.get('component')}, inputs: {header.get('inputs')}",
         f"method: {header.get('warmup')} warm-up reps, then ~{header.get('seconds_per_row')} s per row "
@@ -70,11 +72,17 @@ def render_table(result: dict[str, Any]) -> Group:
     rows = result["rows"]
     table = Table(show_lines=False, header_style="bold")
     for _, label in COLUMNS:
-        table.add_column(label, justify="left" if label in ("backend", "prec", "provider", "status") else "right")
+        left = label in ("backend", "prec", "provider", "status")
+        table.add_column(label, justify="left" if left else "right", no_wrap=label == "status",
+                         max_width=14 if label == "status" else None, overflow="ellipsis")
+    reasons: dict[str, str] = {}
     for row in rows:
         style = None if row["status"] == "ok" else "dim"
         table.add_row(*(fmt(key, row.get(key)) for key, _ in COLUMNS), style=style)
+        if row["status"] != "ok":
+            reasons.setdefault(row["choice"], row["status"])
     parts: list[Any] = [Text(line) for line in header_lines(result["header"])] + [table]
+    parts += [Text(f"  {choice}: {reason}") for choice, reason in reasons.items()]
     stage_rows = [r for r in rows if r.get("stages_ms")]
     if stage_rows:
         parts.append(Text("e2e time per batch (median ms): decode+preprocess, tokenize, image/text encoder, head"))

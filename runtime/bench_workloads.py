@@ -44,6 +44,34 @@ class InputBatch:
         return len(self.records)
 
 
+def graph_files(bundle: Bundle, name: str, precision: str, component: str) -> list[Path]:
+    """Files a backend runs for `component` (variants fall back to fp32 for graphs they lack)."""
+    files = []
+    for graph in GRAPHS_OF[component]:
+        if name == "tensorrt":
+            entry = bundle.engine_entry(graph, precision)
+            if entry:
+                files.append(bundle.root / entry["file"])
+        elif name == "onnxruntime":
+            has = graph in bundle.manifest["graphs"].get(precision, {})
+            files.append(bundle.graph_path(graph, precision if has else "fp32"))
+        else:
+            files.append(bundle.root / "head.safetensors")
+    return files
+
+
+def torch_model_mb(backend: Backend, component: str) -> float | None:
+    """Parameter megabytes of the torch reference (its CLIP weights are not bundle files)."""
+    clip, head = getattr(backend, "clip_model", None), getattr(backend, "head", None)
+    if clip is None or head is None:
+        return None
+    visual = sum(p.numel() * p.element_size() for p in clip.visual.parameters())
+    total = sum(p.numel() * p.element_size() for p in clip.parameters())
+    head_b = sum(p.numel() * p.element_size() for p in head.parameters())
+    size = {"e2e": total + head_b, "image": visual, "text": total - visual, "head": head_b}[component]
+    return size / 1e6
+
+
 def text_of(record: Record, text_source: str) -> str:
     """The composed text the Predictor would feed the encoder (tweet alone when llava_text is absent)."""
     source = text_source if record.llava_text else "tweet"

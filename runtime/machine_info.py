@@ -126,6 +126,38 @@ def gemm_gflops(threads: int | None = None, sizes: tuple[int, ...] = (1024, 1536
     return best
 
 
+class GemmProbe:
+    """One n x n fp32 matmul per call; run between benchmark rounds so the roofline sees the same drift."""
+
+    def __init__(self, n: int = 2048) -> None:
+        rng = np.random.default_rng(1)
+        self.n = n
+        self.a = rng.standard_normal((n, n), dtype=np.float32)
+        self.b = rng.standard_normal((n, n), dtype=np.float32)
+        self.out = np.empty((n, n), dtype=np.float32)
+        self.seconds = 0.0
+        self.calls = 0
+
+    def __call__(self) -> None:
+        start = time.perf_counter()
+        np.matmul(self.a, self.b, out=self.out)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+
+    @property
+    def gflops(self) -> float | None:
+        """Mean GFLOP/s over all calls (None before the first)."""
+        return 2.0 * self.n**3 * self.calls / self.seconds / 1e9 if self.calls else None
+
+
+def load_average() -> str | None:
+    """1/5/15-minute load averages: other work on a shared machine skews every number."""
+    try:
+        return "/".join(f"{v:.2f}" for v in os.getloadavg())
+    except (AttributeError, OSError):
+        return None
+
+
 def machine_header(threads: int, measure_gemm: bool = True, gemm_seconds: float = 1.5) -> dict[str, Any]:
     """The benchmark header: machine, threads used, versions, BLAS and (optionally) the GEMM roofline."""
     return {
@@ -136,6 +168,7 @@ def machine_header(threads: int, measure_gemm: bool = True, gemm_seconds: float 
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "gpu": gpu_name(),
+        "load_average": load_average(),
         "versions": {name: package_version(name) for name in _PACKAGES},
         "blas": blas_name(),
         "gemm_gflops": round(gemm_gflops(threads, seconds=gemm_seconds), 2) if measure_gemm else None,

@@ -9,6 +9,7 @@ rebuild the very encoders a head was trained on.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -121,7 +122,12 @@ def load_clip(model_name: str = "ViT-B-32", pretrained: str = "openai", cache_di
     if model_name not in open_clip.list_models():
         raise UsageError(f"unknown --clip-model {model_name!r} (e.g. ViT-B-32, crisis-tiny)")
     torch.manual_seed(RANDOM_INIT_SEED)
-    model = open_clip.create_model(model_name, pretrained=None)
+    previous = logging.root.level
+    logging.root.setLevel(logging.ERROR)  # open_clip logs "no pretrained weights loaded" for pretrained=None
+    try:
+        model = open_clip.create_model(model_name, pretrained=None)
+    finally:
+        logging.root.setLevel(previous)
     if pretrained.lower() == "none":
         warnings.warn(
             "CLIP encoders use RANDOM weights (--pretrained none): predictions are meaningless; "

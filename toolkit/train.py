@@ -101,7 +101,7 @@ def fit_head(cfg: HeadConfig, train: EncodedSplit, dev: EncodedSplit, classes: l
             optim.zero_grad()
             loss.backward()
             optim.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         dev_report = evaluate_head(head, dev, classes)
         sched.step(dev_report["loss"])
         history.append({"epoch": epoch, "train_loss": total / max(len(y), 1), "dev_loss": dev_report["loss"],

@@ -48,6 +48,18 @@ def make_run_dir(path: Path, head_type: str = "guided-diff", seed: int = 0) -> P
 
 
 @pytest.fixture(scope="session")
+def cli():
+    """`crisis-tool` in-process: cli(argv) -> exit code."""
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def make_run():
+    """make_run(path, head_type="guided-diff") -> a tiny run dir."""
+    return make_run_dir
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_run_dir(tmp_path_factory.mktemp("runs") / "tiny")
 

@@ -145,3 +145,13 @@ def test_flop_counter_exact_on_handmade_graphs(tmp_path: Path) -> None:
     conv = _save([helper.make_node("Conv", ["img", "k"], ["y"], strides=[4, 4])], [img], [y], [k],
                  tmp_path / "conv.onnx")
     assert count_flops(conv, {"B": 2}) == 2 * (2 * 8 * 2 * 2) * (3 * 4 * 4)
+
+
+def test_bench_modules_import_without_torch_or_onnx() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, crisis_tool.runtime.bench, crisis_tool.runtime.bench_report, crisis_tool.commands.bench_cmd;"
+            "print(sorted(m for m in ('torch', 'onnx', 'open_clip', 'tensorrt') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

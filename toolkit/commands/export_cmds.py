@@ -17,11 +17,13 @@ def parity_table(manifest: dict[str, Any]) -> Table:
     """Parity numbers per precision and graph, with pass/fail."""
     table = Table(title="parity vs PyTorch (ONNX Runtime CPU)")
     for col in ("precision", "graph", "max abs", "min cosine", "top-1", "batches", "gate"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     validated = manifest.get("validated", {})
+    notes = []
     for precision, report in manifest.get("parity", {}).items():
         if not report:
-            table.add_row(precision, "-", "", "", "", "", str(validated.get(precision, "")))
+            table.add_row(precision, "-", "", "", "", "", "not validated")
+            notes.append(f"{precision}: {validated.get(precision, '')}")
         for name, entry in report.items():
             gate = "pass" if entry.get("passed") else "FAIL"
             if entry.get("weight_type"):
@@ -30,6 +32,7 @@ def parity_table(manifest: dict[str, Any]) -> Table:
                 precision, name, _fmt(entry.get("max_abs")), _fmt(entry.get("min_cosine")),
                 _fmt(entry.get("top1_agreement")), ",".join(map(str, entry.get("batches", []))), gate,
             )
+    table.caption = "\n".join(notes) or None
     return table
 
 
