@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from crisis_tool.clip_loader import load_clip
 from crisis_tool.data.crisismmd import load_split, resolve_task
 from crisis_tool.data.synthetic import make_demo_data
@@ -24,7 +26,6 @@ from crisis_tool.models.heads import HeadConfig, build_head
 from crisis_tool.runtime.preprocess import load_image, preprocess_image
 from crisis_tool.runtime.text_clean import compose_text
 from crisis_tool.runtime.tokenizer import ClipTokenizer
-from torch import nn
 
 
 def one_epoch(head: nn.Module, optim: torch.optim.Optimizer, batches) -> float:

@@ -161,6 +161,10 @@ def export_bundle(opts: ExportOptions, progress: Any = None) -> ExportResult:
         if opts.precision != "fp32":
             _step(progress, f"building and validating {opts.precision} graphs")
             paths, report, ok = build_variant(opts.precision, tmp, fp32_paths, cases)
+            for component, entry in report.items():
+                if isinstance(entry, dict) and entry.get("weight_type") == "fp32":
+                    paths[component].unlink(missing_ok=True)  # left unquantized: share the fp32 file
+                    paths[component] = fp32_paths[component]
             graphs[opts.precision] = {c: graph_entry(p.name, c) for c, p in paths.items()}
             parity[opts.precision] = report
             validated[opts.precision] = ok

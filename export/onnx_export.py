@@ -9,9 +9,10 @@ from pathlib import Path
 
 import onnx
 import torch
+from torch import nn
+
 from crisis_tool.export.graphs import GraphSpec
 from crisis_tool.runtime.errors import CrisisToolError
-from torch import nn
 
 DEFAULT_OPSET = 17
 

@@ -175,6 +175,7 @@ def calibration_feeds(
 ) -> dict[str, list]:
     """Generated calibration inputs per component; the head's come from the fp32 encoders (ONNX Runtime)."""
     import numpy as np
+
     from crisis_tool.export.validate import generate_ids, open_session
 
     rng = np.random.default_rng(0)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from crisis_tool.export.graphs import END_TO_END, GRAPHS, Tolerance
 from crisis_tool.runtime.errors import CrisisToolError
 

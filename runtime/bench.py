@@ -1,8 +1,9 @@
 """`crisis-tool bench`: latency and throughput of one bundle on several backends, side by side.
 
-One row per backend x precision x batch size. Method: each row is warmed up, then repetitions run round by
-round (one repetition of every row per round, rows interleaved) until the time budget is spent, so drift on a
-noisy machine hits all rows alike. PyTorch eager (the "torch" backend, only when torch is importable) is the
+One row per backend x precision x batch size (x text-length set, when `text_tokens` lists several). Method:
+each row is warmed up, then repetitions run round by round (one repetition of every row per round, rows
+interleaved, plus one GEMM probe per round) until the time budget is spent, so drift on a noisy
+machine hits all rows alike. PyTorch eager (the "torch" backend, only when torch is importable) is the
 reference row: speedup = items/s ratio, parity = max |diff|, min cosine and top-1 agreement on the same
 inputs. A backend or precision that cannot run here is a row with status "unavailable: reason".
 Torch-free: the torch backend is reached through the backend registry only.
@@ -20,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from crisis_tool.runtime import bench_inputs, bench_workloads
-from crisis_tool.runtime.backends import Backend, backend_class, backend_unavailable_reason, create_backend
+from crisis_tool.runtime.backends import Backend, backend_unavailable_reason, create_backend
 from crisis_tool.runtime.bench_workloads import COMPONENT_CHOICES, STAGES, InputBatch, graph_files, torch_model_mb
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import CrisisToolError, MissingDependencyError, UsageError
@@ -53,7 +55,9 @@ class BenchOptions:
     threads: int | None = None
     records: Path | None = None
     image_root: Path | None = None
-    text_tokens: int | None = None  # fix every generated text at this many tokens (e.g. 77)
+    # generated text lengths, one row set each: None = real tweet lengths, N = every text N tokens (77: no
+    # trimming possible, the fixed-length baseline)
+    text_tokens: tuple[int | None, ...] = (None,)
     seed: int = 0
     gemm_seconds: float = 1.5
     measure_gemm: bool = True
@@ -70,8 +74,8 @@ class BenchOptions:
             raise UsageError("--batch-sizes: positive integers, e.g. 1,8,32")
         if self.seconds <= 0 or self.warmup < 0 or (self.threads is not None and self.threads < 1):
             raise UsageError("--seconds must be > 0, --warmup >= 0, --threads >= 1")
-        if self.text_tokens is not None and not 2 <= self.text_tokens <= 77:
-            raise UsageError("--text-tokens must be between 2 and 77")
+        if not self.text_tokens or any(t is not None and not 2 <= t <= 77 for t in self.text_tokens):
+            raise UsageError("--text-tokens: 'real' or token counts between 2 and 77, e.g. real,77")
 
 
 @dataclass
@@ -92,6 +96,7 @@ class Engine:
 class Row:
     engine: Engine
     batch_size: int
+    variant: int | None = None  # text tokens of the inputs (None: real tweet lengths)
     status: str = "ok"
     latencies: list[float] = field(default_factory=list)
     stages: dict[str, list[float]] = field(default_factory=dict)
@@ -99,7 +104,10 @@ class Row:
     transfer: list[float] = field(default_factory=list)
     first_run_s: float | None = None
     outputs: dict[str, np.ndarray] | None = None
-    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[int | None, int]:
+        return self.variant, self.batch_size
 
 
 def _unavailable(bundle: Bundle, name: str, precision: str) -> str | None:
@@ -122,10 +130,7 @@ def _create(name: str, bundle: Bundle, precision: str, threads: int) -> Backend:
 
         torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            return create_backend("torch", bundle, precision=precision, device=device)
-        except (TypeError, UsageError):  # TorchBackend(clip, head) has no (bundle, ...) constructor
-            return backend_class("torch").from_bundle(bundle.root, device=device)  # type: ignore[attr-defined]
+        return create_backend("torch", bundle, precision=precision, device=device)
     options = {"threads": threads} if name == "onnxruntime" else {}
     return create_backend(name, bundle, precision=precision, **options)
 
@@ -154,10 +159,10 @@ def load_engine(choice: str, bundle: Bundle, opts: BenchOptions, threads: int) -
     return engine
 
 
-def _records(opts: BenchOptions, tmp: Path, needed: int) -> list:
+def _records(opts: BenchOptions, tmp: Path, needed: int, variant: int | None) -> list:
     if opts.records is not None:
         return bench_inputs.load_records(opts.records, opts.image_root)
-    return bench_inputs.generate_records(needed, tmp / "images", opts.seed, opts.text_tokens)
+    return bench_inputs.generate_records(needed, tmp / "images", opts.seed, variant)
 
 
 def _batch_count(batch_size: int) -> int:
@@ -170,7 +175,7 @@ def _text_flops(counter: Any, path: Path, cache: dict[int, float], width: int) -
     return cache[width]
 
 
-def attach_flops(bundle: Bundle, component: str, inputs: dict[int, list[InputBatch]]) -> str | None:
+def attach_flops(bundle: Bundle, component: str, inputs: dict[tuple[int | None, int], list[InputBatch]]) -> str | None:
     """Per-batch encoder FLOPs from the fp32 graphs; returns None, or why FLOPs are unknown ("n/a")."""
     if component == "head":
         return "head FLOPs are negligible"
@@ -214,7 +219,7 @@ def _fail(row: Row, exc: BaseException) -> None:
     row.status = f"failed: {type(exc).__name__}: {text}".rstrip(": ")
 
 
-def time_rows(rows: list[Row], inputs: dict[int, list[InputBatch]], opts: BenchOptions,
+def time_rows(rows: list[Row], inputs: dict[tuple[int | None, int], list[InputBatch]], opts: BenchOptions,
               progress: Callable[[str], None] | None = None, probe: Callable[[], None] | None = None) -> None:
     """Warm up every row, then interleave one repetition per row per round until the budget is spent.
 
@@ -225,7 +230,7 @@ def time_rows(rows: list[Row], inputs: dict[int, list[InputBatch]], opts: BenchO
         for i in range(max(1, opts.warmup)):
             try:
                 start = time.perf_counter()
-                _run_row(row, opts.component, inputs[row.batch_size][i % len(inputs[row.batch_size])])
+                _run_row(row, opts.component, inputs[row.key][i % len(inputs[row.key])])
                 if i == 0:
                     row.first_run_s = time.perf_counter() - start
             except Exception as exc:  # noqa: BLE001
@@ -238,7 +243,7 @@ def time_rows(rows: list[Row], inputs: dict[int, list[InputBatch]], opts: BenchO
     start, rnd = time.perf_counter(), 0
     while live and (rnd < MIN_REPS or time.perf_counter() - start < budget):
         for row in live:
-            batches = inputs[row.batch_size]
+            batches = inputs[row.key]
             try:
                 _run_row(row, opts.component, batches[rnd % len(batches)])
             except Exception as exc:  # noqa: BLE001
@@ -259,11 +264,13 @@ def summarise(row: Row, component: str, gemm: float | None, bundle: Bundle, cold
     e = row.engine
     out: dict[str, Any] = {
         "backend": e.name, "choice": e.choice, "precision": e.precision, "component": component,
-        "provider": getattr(e.backend, "provider", None), "batch_size": row.batch_size, "status": row.status,
+        "provider": getattr(e.backend, "provider", None), "batch_size": row.batch_size,
+        "text_tokens": row.variant or "real", "status": row.status,
         "model_mb": None, "p50_ms": None, "p90_ms": None, "p99_ms": None, "items_per_s": None, "reps": 0,
         "speedup_vs_torch": None, "max_abs_diff": None, "cosine": None, "top1_agreement": None,
         "gflop_per_item": None, "gflops": None, "roofline_pct": None, "h2d_ms": None, "stages_ms": None,
         "non_encoder_share": None, "cold_start_s": None,
+        "validated": (bundle.manifest.get("validated") or {}).get(e.precision) if e.name != "torch" else None,
     }
     if e.backend is not None:
         files = graph_files(bundle, e.name, e.precision, component)
@@ -286,7 +293,7 @@ def summarise(row: Row, component: str, gemm: float | None, bundle: Bundle, cold
         out["non_encoder_share"] = round(1.0 - enc / total, 4)
         total = enc  # encoder GFLOP/s of an e2e row: FLOPs over the encoder stages' time
     if flops > 0:
-        out["gflop_per_item"] = round(flops / (row.batch_size * len(row.latencies)) / 1e9, 4)
+        out["gflop_per_item"] = round(flops / (row.batch_size * len(row.latencies)) / 1e9, 6)
         out["gflops"] = round(flops / total / 1e9, 3)
         if gemm:
             out["roofline_pct"] = round(100.0 * out["gflops"] / gemm, 2)
@@ -295,12 +302,13 @@ def summarise(row: Row, component: str, gemm: float | None, bundle: Bundle, cold
 
 def add_comparisons(results: list[dict[str, Any]], rows: list[Row], reference: Row | None) -> None:
     """speedup_vs_torch (ratio of the stored items_per_s) and parity vs the reference row's outputs."""
-    torch_ips = {r["batch_size"]: r["items_per_s"] for r in results if r["choice"] == "torch" and r["items_per_s"]}
-    refs = {r.batch_size: r.outputs for r in rows if reference and r.engine is reference.engine and r.outputs}
+    torch_ips = {row.key: res["items_per_s"] for res, row in zip(results, rows, strict=True)
+                 if row.engine.choice == "torch" and res["items_per_s"]}
+    refs = {r.key: r.outputs for r in rows if reference and r.engine is reference.engine and r.outputs}
     for res, row in zip(results, rows, strict=True):
-        if res["items_per_s"] and res["batch_size"] in torch_ips:
-            res["speedup_vs_torch"] = res["items_per_s"] / torch_ips[res["batch_size"]]
-        ref = refs.get(row.batch_size)
+        if res["items_per_s"] and row.key in torch_ips:
+            res["speedup_vs_torch"] = res["items_per_s"] / torch_ips[row.key]
+        ref = refs.get(row.key)
         if row.outputs is not None and ref is not None:
             res.update(bench_workloads.compare(row.outputs, ref))
 
@@ -325,11 +333,14 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None)
     header["gemm_gflops_peak"] = header["gemm_gflops"]  # best single matmul, measured before the rows
     with tempfile.TemporaryDirectory(prefix="crisis-bench-") as tmp:
         needed = max(b * _batch_count(b) for b in opts.batch_sizes)
-        records = _records(opts, Path(tmp), needed)
-        say(f"preparing inputs ({len(records)} records)")
-        inputs = {b: bench_workloads.prepare_batches(
-            bundle, bench_inputs.batches_of(records, b, _batch_count(b)), opts.component)
-            for b in opts.batch_sizes}
+        variants = (None,) if opts.records is not None else tuple(dict.fromkeys(opts.text_tokens))
+        inputs: dict[tuple[int | None, int], list[InputBatch]] = {}
+        for variant in variants:
+            records = _records(opts, Path(tmp), needed, variant)
+            say(f"preparing inputs ({len(records)} records, text tokens {variant or 'real'})")
+            inputs.update({(variant, b): bench_workloads.prepare_batches(
+                bundle, bench_inputs.batches_of(records, b, _batch_count(b)), opts.component)
+                for b in opts.batch_sizes})
         engines = []
         for choice in dict.fromkeys(opts.backends):
             say(f"loading {choice}")
@@ -339,18 +350,19 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None)
             for batches in inputs.values():
                 bench_workloads.fill_head_inputs(batches, ok[0].backend)  # type: ignore[arg-type]
         flops_note = attach_flops(bundle, opts.component, inputs)
-        rows = [Row(e, b, status=e.status) for e in engines for b in opts.batch_sizes]
+        rows = [Row(e, b, v, status=e.status) for e in engines for v in variants for b in opts.batch_sizes]
         probe = GemmProbe() if opts.measure_gemm else None
         time_rows(rows, inputs, opts, say, probe)
-        if probe is not None and probe.gflops:  # the roofline under the same load as the rows
-            header["gemm_gflops"] = round(probe.gflops, 2)
+        if probe is not None and probe.calls:  # roofline: the best matmul seen, before or between rounds
+            header["gemm_gflops_interleaved_mean"] = round(probe.gflops, 2)  # type: ignore[arg-type]
+            header["gemm_gflops"] = round(max(header["gemm_gflops"] or 0.0, probe.best_gflops), 2)  # type: ignore[type-var]
         reference = next((r for r in rows if r.engine.choice == "torch" and r.status == "ok"), None) or next(
             (r for r in rows if r.engine.choice == "onnxruntime" and r.status == "ok"), None)
         for row in rows:
             if row.status == "ok":
                 try:
                     row.outputs = bench_workloads.parity_outputs(
-                        opts.component, row.engine.backend, inputs[row.batch_size][0])  # type: ignore[arg-type]
+                        opts.component, row.engine.backend, inputs[row.key][0])  # type: ignore[arg-type]
                 except Exception as exc:  # noqa: BLE001
                     _fail(row, exc)
         results = [summarise(r, opts.component, header["gemm_gflops"], bundle, cold) for r in rows]
@@ -359,9 +371,8 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None)
             close_engine(e)
     header.update(
         bundle=str(opts.bundle), component=opts.component, seconds_per_row=opts.seconds, warmup=opts.warmup,
-        inputs=str(opts.records) if opts.records else ("generated: JPEGs of varied sizes, texts of "
-                                                       + (f"{opts.text_tokens} tokens" if opts.text_tokens
-                                                          else "real tweet token lengths")),
+        inputs=str(opts.records) if opts.records else "generated: JPEGs of varied sizes, texts of " + " and ".join(
+            f"{v} tokens" if v else "real tweet token lengths" for v in dict.fromkeys(opts.text_tokens)),
         parity_reference=reference.engine.choice if reference else None, flops_note=flops_note,
         timing="GPU: synchronised after each call" if any(e.sync for e in engines) else "CPU wall clock",
     )

@@ -18,9 +18,10 @@ import io
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
 from crisis_tool.runtime.errors import UsageError
 from crisis_tool.runtime.records import Record, RecordError, read_records
-from PIL import Image
 
 # Histogram of cleaned-tweet token lengths (length: count), measured as described above.
 TWEET_TOKEN_LENGTHS: dict[int, int] = {

@@ -12,10 +12,10 @@ from rich.text import Text
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("choice", "backend"), ("precision", "prec"), ("provider", "provider"), ("batch_size", "batch"),
-    ("status", "status"), ("model_mb", "MB"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
-    ("items_per_s", "items/s"), ("speedup_vs_torch", "speedup"), ("max_abs_diff", "max|diff|"),
-    ("cosine", "min cos"), ("top1_agreement", "top-1"), ("gflops", "GFLOP/s"), ("roofline_pct", "% GEMM"),
-    ("cold_start_s", "cold s"),
+    ("text_tokens", "text"), ("status", "status"), ("model_mb", "MB"), ("p50_ms", "p50 ms"),
+    ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("items_per_s", "items/s"), ("speedup_vs_torch", "speedup"),
+    ("max_abs_diff", "max|diff|"), ("cosine", "min cos"), ("top1_agreement", "top-1"), ("gflops", "GFLOP/s"),
+    ("roofline_pct", "% GEMM"), ("cold_start_s", "cold s"),
 )
 STAGE_COLUMNS = (("decode_preprocess", "decode+prep"), ("tokenize", "tokenize"), ("image_encoder", "image enc"),
                  ("text_encoder", "text enc"), ("head", "head"))
@@ -50,8 +50,8 @@ def header_lines(header: dict[str, Any]) -> list[str]:
         f"load average {header.get('load_average')}",
         f"versions: {versions}",
         f"fp32 GEMM roofline: {f'{gemm:.1f} GFLOP/s' if gemm else 'not measured'} "
-        f"(numpy 2048x2048 matmul interleaved with the rows; best single 1024-2048 matmul before: "
-        f"{header.get('gemm_gflops_peak')}; {header.get('blas')}, {header.get('threads')} threads)"
+        f"(best numpy fp32 matmul, 1024-2048 before the rows and 2048 once per round; mean of the per-round "
+        f"matmuls {header.get('gemm_gflops_interleaved_mean')}; {header.get('blas')}, {header.get('threads')} threads)"
         + (f"; encoder FLOPs {header['flops_note']}" if header.get("flops_note") else ""),
         f"bundle: {header.get('bundle')}, component: {header.get('component')}, inputs: {header.get('inputs')}",
         f"method: {header.get('warmup')} warm-up reps, then ~{header.get('seconds_per_row')} s per row "
@@ -86,7 +86,8 @@ def render_table(result: dict[str, Any]) -> Group:
     stage_rows = [r for r in rows if r.get("stages_ms")]
     if stage_rows:
         parts.append(Text("e2e time per batch (median ms): decode+preprocess, tokenize, image/text encoder, head"))
-        parts += [Text(f"  {r['choice']} b={r['batch_size']}: {_stage_text(r)}") for r in stage_rows]
+        parts += [Text(f"  {r['choice']} b={r['batch_size']} text={r['text_tokens']}: {_stage_text(r)}")
+                  for r in stage_rows]
     return Group(*parts)
 
 
@@ -121,9 +122,11 @@ def write_plot(result: dict[str, Any], path: str | Path) -> Path:
     from crisis_tool.runtime.errors import UsageError
 
     series: dict[str, list[tuple[float, float]]] = {}
+    variants = {row.get("text_tokens") for row in result["rows"]}
     for row in result["rows"]:
         if row["status"] == "ok" and row.get("items_per_s"):
-            series.setdefault(row["choice"], []).append((row["batch_size"], row["items_per_s"]))
+            name = row["choice"] + (f" {row.get('text_tokens')}" if len(variants) > 1 else "")  # legend: 24 chars
+            series.setdefault(name, []).append((row["batch_size"], row["items_per_s"]))
     if not series:
         raise UsageError(f"--plot {path}: no row ran, nothing to plot")
     header = result["header"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from crisis_tool.runtime.backends import Backend
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.preprocess import PreprocessConfig, load_image, preprocess_image

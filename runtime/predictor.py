@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from crisis_tool.runtime.backends import Backend, create_backend
 from crisis_tool.runtime.batching import EmbeddingCache, RecordQueue
 from crisis_tool.runtime.bundle import Bundle
@@ -241,8 +242,15 @@ class Predictor:
 
     def _finish(self, batch: _Batch, timings: dict[str, float]) -> list[Prediction]:
         out: list[Prediction | None] = [None] * len(batch.items)
-        loaded = {i: future.result() for i, future in batch.futures.items()}  # all decodes done
         texts: dict[int, str] = {}
+        for i, item in enumerate(batch.items):
+            if isinstance(item, Record) and (text := self._text_of(item)) is not None:
+                texts[i] = text
+        # Encode the texts while the pool is still decoding this batch's images.
+        wanted = [i for i in texts if batch.items[i].image]
+        encoded = self._text_embeddings([texts[i] for i in wanted], timings) if wanted else []
+        text_rows = dict(zip(wanted, encoded, strict=True))
+        loaded = {i: future.result() for i, future in batch.futures.items()}  # all decodes done
         shas: dict[int, str] = {}
         for i, item in enumerate(batch.items):
             if isinstance(item, RecordError):
@@ -251,8 +259,7 @@ class Predictor:
             problems = []
             if not item.image:
                 problems.append("no image (field 'image')")
-            text = self._text_of(item)
-            if text is None:
+            if i not in texts:
                 problems.append("empty text (field 'text')")
             if i in loaded:
                 sha, reason = loaded[i]
@@ -263,12 +270,10 @@ class Predictor:
                     shas[i] = sha
             if problems:
                 out[i] = Prediction.failed(item.id, f"record {item.id}: " + "; ".join(problems))
-            else:
-                texts[i] = text  # type: ignore[assignment]
-        ok = [i for i in texts if i in shas]
+        ok = [i for i in text_rows if i in shas]
         if ok:
             image_embeds = self._image_embeddings([shas[i] for i in ok], batch, timings)
-            text_embeds = self._text_embeddings([texts[i] for i in ok], timings)
+            text_embeds = np.stack([text_rows[i] for i in ok])
             start = time.perf_counter()
             _, probs = self.backend.decode(image_embeds, text_embeds)
             self._add(timings, "head", start)

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from crisis_tool.runtime.errors import DataError, UsageError
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from crisis_tool.runtime.errors import DataError, UsageError
 
 MAX_PIXELS = 64_000_000  # 64 megapixels: refuse anything larger before decoding it
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 
 import ftfy
+
 from crisis_tool.runtime.errors import UsageError
 
 TEXT_SOURCES: tuple[str, ...] = ("tweet", "llava", "tweet+llava")

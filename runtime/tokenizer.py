@@ -20,6 +20,7 @@ from pathlib import Path
 import ftfy
 import numpy as np
 import regex
+
 from crisis_tool.runtime.errors import BundleError, CrisisToolError, UsageError
 
 SOT_TOKEN = "<start_of_text>"

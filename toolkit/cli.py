@@ -8,9 +8,12 @@ with the lean install.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
+import warnings
 
 import typer
+
 from crisis_tool.runtime.errors import CrisisToolError
 
 COMMAND_MODULES = (
@@ -36,11 +39,19 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"crisis_tool.commands.{_name}").register(app)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    return f"warning: {message}\n"
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI in-process and return its exit code (tests use this).
 
-    User errors (`CrisisToolError`) become one line on stderr and their exit code, never a traceback.
+    User errors (`CrisisToolError`) become one line on stderr and their exit code, never a traceback;
+    warnings and log records become one `warning: ...` line each.
     """
+    warnings.formatwarning = _one_line_warning
+    if not logging.root.handlers:
+        logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING)
     try:
         app(args=argv, prog_name="crisis-tool")
     except SystemExit as exc:

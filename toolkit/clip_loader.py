@@ -17,6 +17,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+
 from crisis_tool.runtime.errors import UsageError
 from crisis_tool.runtime.preprocess import PreprocessConfig
 

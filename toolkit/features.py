@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from crisis_tool.clip_loader import LoadedClip
 from crisis_tool.data.crisismmd import Example
 from crisis_tool.progress import progress_bar

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
 from crisis_tool.clip_loader import load_clip
 from crisis_tool.data.crisismmd import available_splits, load_split, resolve_task
 from crisis_tool.data.llava_text import read_llava_file

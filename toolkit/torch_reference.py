@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from crisis_tool.runtime.errors import BundleError
 from safetensors.torch import load_file
 from torch import nn
+
+from crisis_tool.runtime.bundle import Bundle
+from crisis_tool.runtime.errors import BundleError, UsageError
 
 MODEL_CONFIG_NAME = "model_config.json"
 HEAD_WEIGHTS_NAME = "head.safetensors"
@@ -36,13 +38,15 @@ class TorchBackend:
         self.provider = f"torch-{self.device.type}"
 
     @classmethod
-    def from_bundle(cls, path: str | Path, device: str = "cpu") -> TorchBackend:
+    def from_bundle(cls, bundle: str | Path | Bundle, precision: str | None = None,
+                    providers: list[str] | None = None, device: str = "cpu") -> TorchBackend:
         """Rebuild the reference from a bundle's model_config.json + head.safetensors and its CLIP weights."""
         from crisis_tool.clip_loader import load_clip
         from crisis_tool.models.heads import HeadConfig, build_head
-        from crisis_tool.runtime.bundle import Bundle
 
-        bundle = Bundle.load(path)
+        if precision not in (None, "fp32") or providers:
+            raise UsageError("the torch reference backend runs fp32 only and takes no --providers")
+        bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         config = json.loads((bundle.root / MODEL_CONFIG_NAME).read_text(encoding="utf-8"))
         clip_info = config["clip"]
         clip = load_clip(clip_info["model_name"], clip_info["pretrained"])
@@ -75,3 +79,6 @@ class TorchBackend:
         image = self._tensor(image_embeds.astype(np.float32, copy=False))
         logits = self.head(image, self._tensor(text_embeds.astype(np.float32, copy=False)))
         return logits.cpu().numpy(), torch.softmax(logits, dim=-1).cpu().numpy()
+
+    def close(self) -> None:
+        """Nothing to release (the protocol's hook for backends that hold device memory)."""

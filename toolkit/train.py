@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from crisis_tool import __version__
 from crisis_tool.clip_loader import load_clip
 from crisis_tool.data.crisismmd import TaskSpec, load_split
@@ -23,7 +25,6 @@ from crisis_tool.models.heads import HeadConfig, build_head
 from crisis_tool.run_dir import save_run
 from crisis_tool.runtime.errors import UsageError
 from crisis_tool.runtime.text_clean import TEXT_SOURCES
-from torch import nn
 
 DEFAULT_CACHE = Path.home() / ".cache" / "crisis-tool" / "features"
 

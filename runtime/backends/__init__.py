@@ -53,13 +53,17 @@ def create_backend(
     providers: list[str] | None = None,
     **options: Any,
 ) -> Backend:
-    """Instantiate backend `name` for `bundle` (a `Bundle`); extra options (e.g. threads) pass through."""
+    """Instantiate backend `name` for `bundle` (a `Bundle`); extra options (e.g. threads) pass through.
+
+    A backend class builds from `cls.from_bundle(bundle, ...)` when it has one, else `cls(bundle, ...)`.
+    """
     cls = backend_class(name)
+    factory = getattr(cls, "from_bundle", cls)
     kwargs = {"precision": precision, "providers": providers, **options}
-    params = inspect.signature(cls).parameters
+    params = inspect.signature(factory).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         dropped = [k for k, v in kwargs.items() if k not in params and v is not None]
         if dropped:
             raise UsageError(f"backend {name!r} does not take option(s) {', '.join(dropped)}")
         kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return cls(bundle, **kwargs)
+    return factory(bundle, **kwargs)

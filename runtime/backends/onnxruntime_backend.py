@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
 from crisis_tool.runtime.backends.base import Backend
 from crisis_tool.runtime.bundle import COMPONENTS, Bundle
 from crisis_tool.runtime.errors import BundleError, UsageError

@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 import numpy as np
+
 from crisis_tool.runtime.backends.base import Backend
 from crisis_tool.runtime.bundle import COMPONENTS, Bundle
 from crisis_tool.runtime.errors import BundleError, MissingDependencyError, UsageError
@@ -77,6 +78,10 @@ class _Engine:
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
         self.lock = threading.Lock()
+        # CUDA events around the host-to-device copies: timed on the GPU, no extra synchronisation.
+        self.h2d_start = _check(cudart, cudart.cudaEventCreate())
+        self.h2d_end = _check(cudart, cudart.cudaEventCreate())
+        self.h2d_seconds = 0.0
 
     def _buffer(self, name: str, nbytes: int) -> int:
         ptr, cap = self.buffers.get(name, (0, 0))
@@ -93,6 +98,7 @@ class _Engine:
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         with self.lock:
             hosts = {}
+            _check(cudart, cudart.cudaEventRecord(self.h2d_start, self.stream))
             for name in self.inputs:
                 host = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
                 hosts[name] = host
@@ -100,6 +106,7 @@ class _Engine:
                 ptr = self._buffer(name, host.nbytes)
                 _check(cudart, cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, h2d, self.stream))
                 self.context.set_tensor_address(name, ptr)
+            _check(cudart, cudart.cudaEventRecord(self.h2d_end, self.stream))
             results = {}
             for name in self.outputs:
                 out = np.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name])
@@ -111,6 +118,7 @@ class _Engine:
                 ptr = self.buffers[name][0]
                 _check(cudart, cudart.cudaMemcpyAsync(out.ctypes.data, ptr, out.nbytes, d2h, self.stream))
             _check(cudart, cudart.cudaStreamSynchronize(self.stream))
+            self.h2d_seconds += _check(cudart, cudart.cudaEventElapsedTime(self.h2d_start, self.h2d_end)) / 1e3
         return results
 
     def close(self) -> None:
@@ -118,6 +126,8 @@ class _Engine:
             self.cudart.cudaFree(ptr)
         self.buffers.clear()
         if self.stream is not None:
+            self.cudart.cudaEventDestroy(self.h2d_start)
+            self.cudart.cudaEventDestroy(self.h2d_end)
             self.cudart.cudaStreamDestroy(self.stream)
             self.stream = None
 
@@ -146,7 +156,8 @@ class TensorRTBackend(Backend):
             if entry is None:
                 raise BundleError(
                     f"{bundle.root}: no {self.precision} TensorRT engine for {component} "
-                    "(build one with `crisis-tool export ... --tensorrt` on this GPU)"
+                    f"(build one on this GPU: crisis-tool export --from-bundle {bundle.root} --engine trt "
+                    f"--precision {self.precision})"
                 )
             check_engine_compat(entry, trt.__version__, gpu_name, capability, bundle=str(bundle.root))
             path = bundle.root / entry["file"]
@@ -163,6 +174,17 @@ class TensorRTBackend(Backend):
         except MissingDependencyError as exc:
             return str(exc)
         return None
+
+    @property
+    def h2d_seconds(self) -> float:
+        """Total host-to-device copy time so far (GPU-timed), for bench's separate H2D column."""
+        return sum(engine.h2d_seconds for engine in self.engines.values())
+
+    def synchronize(self) -> None:
+        """Every call already ends with a stream synchronisation; this also waits for the whole device."""
+        if self.engines:
+            engine = next(iter(self.engines.values()))
+            _check(engine.cudart, engine.cudart.cudaDeviceSynchronize())
 
     def _run_one(self, component: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         engine = self.engines[component]

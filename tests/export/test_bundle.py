@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
 from crisis_tool.runtime.bundle import COMPONENTS, FORMAT_VERSION, sha256_file
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
 from crisis_tool.export.graphs import GRAPHS
 from crisis_tool.export.validate import generate_ids, min_cosine, open_session
 from crisis_tool.runtime.bundle import Bundle

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+
 from crisis_tool.export.graphs import GRAPHS, Tolerance
 
 
@@ -22,6 +23,10 @@ def test_int8_gate_passes_and_records_weight_type(tiny_bundle: Path):
         entry = report[component]
         assert entry["passed"] and entry["weight_type"] in ("QUInt8", "QInt8", "fp32")
         assert entry["tried"][entry["weight_type"]]["passed"]
+        file = manifest["graphs"]["int8"][component]["file"]
+        # A graph left unquantized shares the fp32 file instead of a duplicate copy.
+        assert file == (f"{component}.onnx" if entry["weight_type"] == "fp32" else f"{component}.int8.onnx")
+        assert (tiny_bundle / file).is_file()
     ops = {n.op_type for n in onnx.load(tiny_bundle / "image_encoder.int8.onnx").graph.node}
     assert "MatMulInteger" in ops or "ConvInteger" in ops
 

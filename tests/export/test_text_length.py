@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
 from crisis_tool.export.graphs import GRAPHS, TextEncoderGraph
 from crisis_tool.export.onnx_export import export_graph
 from crisis_tool.export.validate import open_session

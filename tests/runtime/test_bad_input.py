@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageOps
+
 from crisis_tool.cli import run
 from crisis_tool.runtime.predictor import Predictor
 from crisis_tool.runtime.records import Record
-from PIL import Image, ImageOps
 
 GOOD = "Flooded houses near the river #Harvey"
 

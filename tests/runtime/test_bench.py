@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from crisis_tool.runtime.bench import BenchOptions, run_bench
 from crisis_tool.runtime.bench_inputs import TWEET_TOKEN_LENGTHS, generate_records, sample_text_lengths
 
@@ -67,7 +68,7 @@ def test_bench_markdown_and_plot(cli_run: tuple[int, Path]) -> None:
     _, out = cli_run
     md = (out / "b.md").read_text().splitlines()
     table = [line for line in md if line.startswith("|")]
-    assert table[0].startswith("| backend | prec | provider | batch | status |")
+    assert table[0].startswith("| backend | prec | provider | batch | text | status |")
     assert set(table[1]) <= {"|", "-"} and len(table) == 2 + 8
     assert any("unavailable" in line and "tensorrt" in line for line in table)
     assert any(line.startswith("- CPU: ") for line in md)
@@ -77,14 +78,19 @@ def test_bench_markdown_and_plot(cli_run: tuple[int, Path]) -> None:
         assert img.width >= 400 and img.height >= 300
 
 
-def test_text_component_counts_flops(tiny_bundle: Path) -> None:
+def test_text_component_real_lengths_and_fixed_77(tiny_bundle: Path) -> None:
     opts = BenchOptions(tiny_bundle, backends=("onnxruntime",), batch_sizes=(2,), component="text",
-                        seconds=0.2, warmup=1, gemm_seconds=0.2)
+                        seconds=0.2, warmup=1, gemm_seconds=0.2, text_tokens=(None, 77))
     result = run_bench(opts)
-    (r,) = result["rows"]
+    real, fixed = result["rows"]
+    assert (real["text_tokens"], fixed["text_tokens"]) == ("real", 77)
     assert result["header"]["flops_note"] is None and result["header"]["gemm_gflops"] > 0
-    assert r["status"] == "ok" and r["gflop_per_item"] > 0 and r["roofline_pct"] > 0
-    assert r["speedup_vs_torch"] is None and r["max_abs_diff"] == 0.0  # reference is itself without torch
+    for r in (real, fixed):
+        assert r["status"] == "ok" and r["gflop_per_item"] > 0 and r["roofline_pct"] > 0
+        assert r["speedup_vs_torch"] is None and r["max_abs_diff"] == 0.0  # reference is itself without torch
+    # crisis-tiny text tower (width 64, 2 layers): 2 * (77 * 2 * 12 * 64^2 + 2 * 2 * 77^2 * 64) FLOPs at 77 tokens
+    assert fixed["gflop_per_item"] == pytest.approx(2 * (77 * 2 * 12 * 64**2 + 2 * 2 * 77**2 * 64) / 1e9, rel=1e-3)
+    assert real["gflop_per_item"] < fixed["gflop_per_item"] / 2
 
 
 def test_bad_arguments_are_usage_errors(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,7 +99,9 @@ def test_bad_arguments_are_usage_errors(tiny_bundle: Path, capsys: pytest.Captur
     assert run(["bench", "--bundle", str(tiny_bundle), "--backends", "cuda-magic"]) == 2
     assert run(["bench", "--bundle", str(tiny_bundle), "--batch-sizes", "1,x"]) == 2
     assert run(["bench", "--bundle", str(tiny_bundle), "--component", "vision"]) == 2
-    assert capsys.readouterr().err.count("error: ") == 3
+    assert run(["bench", "--bundle", str(tiny_bundle), "--text-tokens", "real,99"]) == 2
+    assert run(["bench", "--bundle", str(tiny_bundle / "nope")]) == 2
+    assert capsys.readouterr().err.count("error: ") == 5
 
 
 def test_generated_texts_have_the_sampled_token_lengths(tmp_path: Path) -> None:
@@ -155,3 +163,16 @@ def test_bench_modules_import_without_torch_or_onnx() -> None:
             "print(sorted(m for m in ('torch', 'onnx', 'open_clip', 'tensorrt') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_bench_on_records_file(tiny_bundle: Path, tmp_path: Path) -> None:
+    records = generate_records(3, tmp_path / "img", seed=5)
+    jsonl = tmp_path / "img" / "records.jsonl"  # relative images resolve next to the file
+    lines = [json.dumps({"id": r.id, "text": r.text, "image": Path(r.image).name}) for r in records]
+    jsonl.write_text("\n".join([*lines, '{"id": "broken", "text": "x", "image": "missing.jpg"}']) + "\n")
+    opts = BenchOptions(tiny_bundle, backends=("onnxruntime",), batch_sizes=(2,), component="e2e", seconds=0.1,
+                        warmup=1, measure_gemm=False, records=jsonl)
+    result = run_bench(opts)
+    (row,) = result["rows"]
+    assert result["header"]["inputs"].endswith("records.jsonl") and result["header"]["gemm_gflops"] is None
+    assert row["status"] == "ok" and row["stages_ms"]["image_encoder"] > 0 and row["roofline_pct"] is None

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from crisis_tool.runtime.charts import bar_chart, heatmap, line_chart
 from crisis_tool.runtime.errors import UsageError
-from PIL import Image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LABELS = ["affected_individuals", "infrastructure_and_utility_damage",

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from crisis_tool.runtime import backends
 from crisis_tool.runtime.backends import Backend, backend_unavailable_reason, create_backend
 from crisis_tool.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -19,7 +21,6 @@ from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import BundleError, MissingDependencyError, UsageError
 from crisis_tool.runtime.predictor import TIMING_KEYS, Predictor
 from crisis_tool.runtime.records import Record
-from PIL import Image
 
 
 class CountingBackend(Backend):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageOps
+
 from crisis_tool.runtime.errors import DataError, UsageError
 from crisis_tool.runtime.preprocess import (
     MAX_PIXELS,
@@ -26,7 +28,6 @@ from crisis_tool.runtime.preprocess import (
     preprocess_image,
     to_rgb,
 )
-from PIL import Image, ImageOps
 
 open_clip = pytest.importorskip("open_clip")
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from crisis_tool.runtime.errors import DataError, UsageError
 from crisis_tool.runtime.records import Record, RecordError, read_records
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from crisis_tool.runtime.errors import UsageError
 from crisis_tool.runtime.text_clean import TEXT_SOURCES, clean_tweet, compose_text
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from crisis_tool.runtime.errors import BundleError
 from crisis_tool.runtime.text_clean import clean_tweet
 from crisis_tool.runtime.tokenizer import VOCAB_SIZE, ClipTokenizer

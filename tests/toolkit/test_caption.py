@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from crisis_tool import caption as cap
 from crisis_tool.runtime.errors import CrisisToolError, DataError, UsageError
 
@@ -136,6 +137,7 @@ def _run_caption_only(argv: list[str]) -> int:
     import sys
 
     import typer
+
     from crisis_tool.commands.caption_cmd import register
 
     app = typer.Typer(pretty_exceptions_enable=False)

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from crisis_tool.data.crisismmd import TASKS, load_split, read_split_tsv, resolve_task
 from crisis_tool.runtime.errors import DataError, UsageError
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from crisis_tool.models.diff_attention import LengthOneDiffAttn, MultiheadDiffAttn, lambda_init_fn
 
 

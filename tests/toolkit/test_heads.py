@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from crisis_tool.models.heads import HeadConfig, build_head
 
 

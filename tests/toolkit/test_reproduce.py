@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from PIL import Image
+
 from crisis_tool.cli import run
 from crisis_tool.data.synthetic import make_demo_data
 from crisis_tool.reproduce import CONFIGURATIONS
-from PIL import Image
 
 
 def test_reproduce_writes_table_json_and_chart(tmp_path: Path, capsys) -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from crisis_tool.cli import run
 from crisis_tool.data.synthetic import make_demo_data
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
 from crisis_tool.caption import DEFAULT_MODEL
 
 

@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 
 import typer
+
 from crisis_tool.runtime.errors import CrisisToolError
 
 

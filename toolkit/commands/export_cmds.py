@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from crisis_tool.runtime.errors import UsageError
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from crisis_tool.commands.console import stdout_console
+from crisis_tool.runtime.errors import UsageError
+
+console = stdout_console()
 
 
 def parity_table(manifest: dict[str, Any]) -> Table:

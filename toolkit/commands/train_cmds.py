@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import typer
+
 from crisis_tool.runtime.errors import UsageError
 
 
 def _print_report(report: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from crisis_tool.commands.console import stdout_console
 
     table = Table(title=f"{report.get('task', '')} {report.get('split', '')}: n={report['n']}  "
                         f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
@@ -20,7 +22,7 @@ def _print_report(report: dict) -> None:
         table.add_column(col, justify="left" if col == "class" else "right")
     for name, m in report["per_class"].items():
         table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
-    Console().print(table)
+    stdout_console().print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from crisis_tool.data.crisismmd import SPLITS, TASKS, TaskSpec, split_path
 from PIL import Image
+
+from crisis_tool.data.crisismmd import SPLITS, TASKS, TaskSpec, split_path
 
 PALETTE = (
     ("red", (200, 40, 40)),

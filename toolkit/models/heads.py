@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
-from crisis_tool.models.diff_attention import LengthOneDiffAttn, MultiheadDiffAttn
 from torch import nn
+
+from crisis_tool.models.diff_attention import LengthOneDiffAttn, MultiheadDiffAttn
 
 HEAD_TYPES = ("guided", "guided-diff", "reference")
 MODALITIES = ("both", "image", "text")
