@@ -113,7 +113,7 @@ def pick_int8(component: str, src: Path, dst: Path, cases: list[ParityCase], wei
 
 def export_bundle(opts: ExportOptions, progress: Any = None) -> ExportResult:
     """The whole export. Builds in a temp dir next to `out`; moves it into place only on success."""
-    from crisis_tool.clip_loader import load_clip
+    from crisis_tool.clip_loader import load_recorded_clip
     from crisis_tool.export.bundle_writer import write_bundle, write_tar
     from crisis_tool.models.heads import BATCH_COUPLED_HEADS
     from crisis_tool.run_dir import WEIGHTS_NAME, load_run
@@ -128,15 +128,7 @@ def export_bundle(opts: ExportOptions, progress: Any = None) -> ExportResult:
             f"{opts.model}: head {head_cfg.head!r} couples the samples of a batch and cannot be exported; "
             "train a 'guided' or 'guided-diff' head"
         )
-    clip_info = run.config["clip"]
-    clip = load_clip(clip_info["model_name"], clip_info["pretrained"])
-    if clip.weights_sha256 != clip_info["weights_sha256"]:
-        raise CrisisToolError(
-            f"{opts.model}: CLIP weights {clip_info['model_name']}/{clip_info['pretrained']} here have "
-            f"sha256 "
-            f"{clip.weights_sha256[:16]}, the run was trained on {clip_info['weights_sha256'][:16]}; "
-            "export on a machine with the same CLIP checkpoint"
-        )
+    clip = load_recorded_clip(run.config["clip"], opts.model)
     tok = ClipTokenizer(clip.vocab_path, context_length=clip.context_length)
     size = int(run.config["preprocess"]["size"])
     dims = {"H": size, "W": size, "L": clip.context_length, "D": clip.embed_dim, "C": head_cfg.num_classes,

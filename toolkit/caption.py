@@ -8,8 +8,8 @@ Resume rule: a rerun keeps the successful rows, drops the error rows (those imag
 captions only the image_ids that are still missing, so a crash or Ctrl-C loses at most one batch.
 A file written with another model or prompt is refused rather than mixed.
 
-`read_llava_file` reads this JSONL (skipping error rows) or an authors' TSV with `image_id` and
-`LLaVA_text` columns. torch and transformers are imported only by `load_captioner`.
+`crisis_tool.data.llava_text.read_llava_file` reads this JSONL back (training's `--llava-file`).
+torch and transformers are imported only by `load_captioner`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crisis_tool.data.llava_text import parse_jsonl, read_llava_file  # noqa: F401  (re-exported)
+from crisis_tool.data.llava_text import parse_jsonl
 from crisis_tool.runtime.errors import DataError, MissingDependencyError, UsageError
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"

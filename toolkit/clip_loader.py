@@ -162,3 +162,15 @@ def load_clip(model_name: str = "ViT-B-32", pretrained: str = "openai", cache_di
         ),
         vocab_path=bpe_vocab_path(),
     )
+
+
+def load_recorded_clip(clip_info: dict, owner: str | Path) -> LoadedClip:
+    """The CLIP encoders a run or bundle (`owner`) recorded, refused unless their weights' sha256 matches."""
+    clip = load_clip(clip_info["model_name"], clip_info["pretrained"])
+    if clip.weights_sha256 != clip_info["weights_sha256"]:
+        raise UsageError(
+            f"{owner}: CLIP weights {clip_info['model_name']}/{clip_info['pretrained']} on this machine have "
+            f"sha256 {clip.weights_sha256[:12]}, but the head was trained on {clip_info['weights_sha256'][:12]}; "
+            "use the same checkpoint (--pretrained) the head was trained with"
+        )
+    return clip

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crisis_tool.clip_loader import LoadedClip, load_clip
+from crisis_tool.clip_loader import load_recorded_clip
 from crisis_tool.data.crisismmd import load_split, resolve_task
 from crisis_tool.data.llava_text import read_llava_file
 from crisis_tool.features import FeatureCache
-from crisis_tool.run_dir import RunDir, load_run
+from crisis_tool.run_dir import load_run
 from crisis_tool.runtime.charts import heatmap
-from crisis_tool.runtime.errors import UsageError
 from crisis_tool.train import DEFAULT_CACHE, evaluate_head, report_data_issues
-
-
-def load_run_clip(run: RunDir) -> LoadedClip:
-    """The CLIP encoders a run was trained on, checked against the recorded weights hash."""
-    spec = run.config["clip"]
-    clip = load_clip(spec["model_name"], spec["pretrained"])
-    if clip.weights_sha256 != spec["weights_sha256"]:
-        raise UsageError(
-            f"{run.path}: CLIP weights differ from those the head was trained on "
-            f"(sha256 {clip.weights_sha256[:12]} != {spec['weights_sha256'][:12]}); pass the same --pretrained"
-        )
-    return clip
 
 
 def evaluate_run(model: Path, data: Path, split: str = "test", llava_file: Path | None = None,
@@ -32,7 +19,7 @@ def evaluate_run(model: Path, data: Path, split: str = "test", llava_file: Path 
     """Metrics of a trained head on a split; optionally draws the confusion matrix."""
     run = load_run(model)
     task = resolve_task(run.config["task"])
-    clip = load_run_clip(run)
+    clip = load_recorded_clip(run.config["clip"], run.path)
     llava = read_llava_file(llava_file) if llava_file else None
     splits = run.config.get("data", {}).get("splits", "settingA")
     examples = load_split(data, task, split, splits)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from crisis_tool.runtime.bundle import Bundle
-from crisis_tool.runtime.errors import BundleError, UsageError
+from crisis_tool.runtime.errors import UsageError
 
 MODEL_CONFIG_NAME = "model_config.json"
 HEAD_WEIGHTS_NAME = "head.safetensors"
@@ -41,21 +41,14 @@ class TorchBackend:
     def from_bundle(cls, bundle: str | Path | Bundle, precision: str | None = None,
                     providers: list[str] | None = None, device: str = "cpu") -> TorchBackend:
         """Rebuild the reference from a bundle's model_config.json + head.safetensors and its CLIP weights."""
-        from crisis_tool.clip_loader import load_clip
+        from crisis_tool.clip_loader import load_recorded_clip
         from crisis_tool.models.heads import HeadConfig, build_head
 
         if precision not in (None, "fp32") or providers:
             raise UsageError("the torch reference backend runs fp32 only and takes no --providers")
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         config = json.loads((bundle.root / MODEL_CONFIG_NAME).read_text(encoding="utf-8"))
-        clip_info = config["clip"]
-        clip = load_clip(clip_info["model_name"], clip_info["pretrained"])
-        if clip.weights_sha256 != clip_info["weights_sha256"]:
-            raise BundleError(
-                f"{bundle.root}: CLIP weights {clip_info['model_name']}/{clip_info['pretrained']} on this "
-                f"machine (sha256 {clip.weights_sha256[:12]}) differ from the bundle's "
-                f"({clip_info['weights_sha256'][:12]})"
-            )
+        clip = load_recorded_clip(config["clip"], bundle.root)
         head = build_head(HeadConfig.from_dict(config["head"]))
         head.load_state_dict(load_file(str(bundle.root / HEAD_WEIGHTS_NAME)))
         return cls(clip.model, head, clip.context_length, device)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from crisis_tool import caption as cap
+from crisis_tool.data.llava_text import read_llava_file
 from crisis_tool.runtime.errors import CrisisToolError, DataError, UsageError
 
 torch = pytest.importorskip("torch")
@@ -192,7 +193,7 @@ def test_cli_batches_dedups_and_writes_schema(
         assert isinstance(row["llava_text"], str) and row["error"] is None
         assert row["model"] == str(tiny_llava) and row["prompt_sha256"] == sha
     assert "5 captioned" in stdout
-    assert cap.read_llava_file(out) == {r["image_id"]: r["llava_text"] for r in rows}
+    assert read_llava_file(out) == {r["image_id"]: r["llava_text"] for r in rows}
 
     code, stdout, err = invoke(caption_argv(data_root, tiny_llava, out), capsys)  # rerun: nothing left to do
     assert code == 0 and "nothing to do" in stdout, err
@@ -205,8 +206,8 @@ def test_generation_is_deterministic(
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     assert invoke(caption_argv(data_root, tiny_llava, a), capsys)[0] == 0
     assert invoke(caption_argv(data_root, tiny_llava, b), capsys)[0] == 0
-    assert cap.read_llava_file(a) == cap.read_llava_file(b)
-    assert any(cap.read_llava_file(a).values())  # random weights still emit some words
+    assert read_llava_file(a) == read_llava_file(b)
+    assert any(read_llava_file(a).values())  # random weights still emit some words
 
 
 def test_resume_after_interrupt_generates_only_missing(
@@ -253,7 +254,7 @@ def test_unreadable_images_become_error_rows_then_retried(
     assert len(rows) == 5 and "3 captioned, 2 errors" in stdout
     for bad in ("101_0", "103_0"):
         assert rows[bad]["llava_text"] is None and isinstance(rows[bad]["error"], str) and rows[bad]["error"]
-    assert set(cap.read_llava_file(out)) == {"100_0", "102_0", "104_0"}
+    assert set(read_llava_file(out)) == {"100_0", "102_0", "104_0"}
 
     broken.write_bytes(good_bytes)  # fixed: the rerun retries only the errored images
     code, stdout, _ = invoke(caption_argv(data_root, tiny_llava, out), capsys)
@@ -301,21 +302,21 @@ def test_read_llava_file_jsonl_and_tsv(tmp_path: Path) -> None:
     jsonl = tmp_path / "l.jsonl"
     rows = [cap.make_row("1_0", "a flooded road", "m", "s", None), cap.make_row("2_0", None, "m", "s", "bad")]
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    assert cap.read_llava_file(jsonl) == {"1_0": "a flooded road"}
+    assert read_llava_file(jsonl) == {"1_0": "a flooded road"}
 
     tsv = tmp_path / "authors.tsv"
     tsv.write_text(
         'event_name\timage_id\tLLaVA_text\nx\t1_0\tsmoke "over" hills\nx\t2_0\t\n', encoding="utf-8"
     )
-    assert cap.read_llava_file(tsv) == {"1_0": 'smoke "over" hills', "2_0": ""}
+    assert read_llava_file(tsv) == {"1_0": 'smoke "over" hills', "2_0": ""}
 
     with pytest.raises(DataError, match="nope.tsv"):
-        cap.read_llava_file(tmp_path / "nope.tsv")
+        read_llava_file(tmp_path / "nope.tsv")
     no_col = tmp_path / "no_col.tsv"
     no_col.write_text("image_id\ttweet_text\n1_0\thi\n", encoding="utf-8")
     with pytest.raises(DataError, match="no_col.tsv"):
-        cap.read_llava_file(no_col)
+        read_llava_file(no_col)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image_id": "1_0"}\n', encoding="utf-8")
     with pytest.raises(DataError, match="bad.jsonl"):
-        cap.read_llava_file(bad)
+        read_llava_file(bad)

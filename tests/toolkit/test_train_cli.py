@@ -92,3 +92,20 @@ def test_openai_weights_offline_fail_fast(monkeypatch, tmp_path: Path, capsys, d
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "not available offline" in err[0] and "--pretrained /path/to" in err[0]
+
+
+def test_other_clip_weights_are_refused(trained_run, demo_data: Path, tmp_path: Path, capsys) -> None:
+    """A head is only valid on the CLIP weights it was trained on (checked by sha256)."""
+    import shutil
+
+    run_dir, cache = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["clip"]["weights_sha256"] = "0" * 64
+    (copy / "config.json").write_text(json.dumps(config))
+    code = run(["evaluate", "--model", str(copy), "--data", str(demo_data), "--cache-dir", str(cache)])
+    err = capsys.readouterr().err
+    assert code == 2 and "but the head was trained on 000000000000" in err
+    assert run(["export", "--model", str(copy), "--out", str(tmp_path / "bundle")]) == 2
+    assert not (tmp_path / "bundle").exists()
