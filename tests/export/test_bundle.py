@@ -81,7 +81,7 @@ def test_clip_weights_mismatch_is_refused(tiny_run: Path, tmp_path: Path, cli, c
     config = json.loads((run / "config.json").read_text())
     config["clip"]["weights_sha256"] = "0" * 64
     (run / "config.json").write_text(json.dumps(config))
-    assert cli(["export", "--model", run, "--out", tmp_path / "out"]) == 1
+    assert cli(["export", "--model", run, "--out", tmp_path / "out"]) == 2
     assert "sha256" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 

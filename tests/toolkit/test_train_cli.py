@@ -106,6 +106,4 @@ def test_other_clip_weights_are_refused(trained_run, demo_data: Path, tmp_path: 
     (copy / "config.json").write_text(json.dumps(config))
     code = run(["evaluate", "--model", str(copy), "--data", str(demo_data), "--cache-dir", str(cache)])
     err = capsys.readouterr().err
-    assert code == 2 and "but the head was trained on 000000000000" in err
-    assert run(["export", "--model", str(copy), "--out", str(tmp_path / "bundle")]) == 2
-    assert not (tmp_path / "bundle").exists()
+    assert code == 2 and "but the head was trained on 000000000000" in err  # export: tests/export/test_bundle.py
