@@ -1,0 +1,191 @@
+"""The TensorRT backend's inference path (buffers, shapes, copies, H2D timing) against a fake TensorRT runtime.
+
+No GPU or TensorRT exists here. The fake cudart hands out host memory as "device" pointers, so the backend's
+real cudaMemcpyAsync / set_tensor_address / execute_async_v3 sequence moves real bytes, and the fake engines
+compute simple numpy functions of their inputs that the test checks. What this cannot show: real engines,
+real GPU memory or real timings.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crisis_tool.runtime.bundle import Bundle
+from crisis_tool.runtime.errors import BundleError
+
+D, C = 6, 3
+SPECS = {  # component -> ([(name, dtype)] inputs, [(name, dtype)] outputs)
+    "image_encoder": ([("pixel_values", np.float32)], [("image_embeds", np.float32)]),
+    "text_encoder": ([("input_ids", np.int64)], [("text_embeds", np.float32)]),
+    "head": ([("image_embeds", np.float32), ("text_embeds", np.float32)],
+             [("logits", np.float32), ("probs", np.float32)]),
+}
+
+
+def image_fn(x: np.ndarray) -> np.ndarray:
+    return np.repeat(x.mean(axis=(2, 3)), 2, axis=1).astype(np.float32)  # [B, 6]
+
+
+def text_fn(ids: np.ndarray) -> np.ndarray:
+    return np.tile((ids.sum(axis=1, keepdims=True) % 97).astype(np.float32), (1, D))
+
+
+def head_fn(img: np.ndarray, txt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    logits = (img[:, :C] - 0.01 * txt[:, :C]).astype(np.float32)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return logits, (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+class FakeMemory:
+    """cudaMalloc'd 'device' memory: pinned numpy blocks addressed by their host pointer."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, np.ndarray] = {}
+        self.copies: list[str] = []
+
+    def view(self, ptr: int, dtype, shape) -> np.ndarray:
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return np.frombuffer((ctypes.c_char * n).from_address(ptr), dtype=dtype).reshape(shape)
+
+
+def make_fakes(memory: FakeMemory):
+    kind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+
+    def malloc(n):
+        block = np.zeros(n, dtype=np.uint8)
+        memory.blocks[block.ctypes.data] = block
+        return 0, block.ctypes.data
+
+    def memcpy(dst, src, n, direction, stream):
+        memory.copies.append("h2d" if direction == 1 else "d2h")
+        ctypes.memmove(dst, src, n)
+        return (0,)
+
+    cudart = types.SimpleNamespace(
+        cudaMemcpyKind=kind, cudaMalloc=malloc, cudaMemcpyAsync=memcpy,
+        cudaFree=lambda p: (memory.blocks.pop(p, None), 0)[1:],
+        cudaStreamCreate=lambda: (0, 7), cudaStreamSynchronize=lambda s: (0,), cudaStreamDestroy=lambda s: (0,),
+        cudaEventCreate=lambda: (0, object()), cudaEventRecord=lambda e, s: (0,),
+        cudaEventElapsedTime=lambda a, b: (0, 0.25), cudaEventDestroy=lambda e: (0,),
+        cudaDeviceSynchronize=lambda: (0,), cudaSetDevice=lambda d: (0,),
+        cudaGetDeviceCount=lambda: (0, 1),
+        cudaGetDeviceProperties=lambda d: (0, types.SimpleNamespace(name=b"NVIDIA H200", major=9, minor=0)),
+        cudaGetErrorName=lambda e: (0, b"cudaErrorUnknown"),
+    )
+
+    class Context:
+        def __init__(self, component: str) -> None:
+            self.component, self.shapes, self.addresses = component, {}, {}
+
+        def set_input_shape(self, name, shape):
+            self.shapes[name] = tuple(shape)
+
+        def set_tensor_address(self, name, ptr):
+            self.addresses[name] = ptr
+
+        def get_tensor_shape(self, name):
+            batch = next(iter(self.shapes.values()))[0]
+            return (batch, C) if self.component == "head" else (batch, D)
+
+        def execute_async_v3(self, stream):
+            inputs, outputs = SPECS[self.component]
+            arrays = [memory.view(self.addresses[n], t, self.shapes[n]).copy() for n, t in inputs]
+            fn = {"image_encoder": lambda a: (image_fn(a),), "text_encoder": lambda a: (text_fn(a),),
+                  "head": head_fn}[self.component]
+            for (name, _), value in zip(outputs, fn(*arrays)):
+                memory.view(self.addresses[name], np.float32, value.shape)[...] = value
+            return True
+
+    class Engine:
+        def __init__(self, component: str) -> None:
+            self.component = component
+            inputs, outputs = SPECS[component]
+            self.io = [(n, t, "in") for n, t in inputs] + [(n, t, "out") for n, t in outputs]
+            self.num_io_tensors = len(self.io)
+
+        def get_tensor_name(self, i):
+            return self.io[i][0]
+
+        def get_tensor_mode(self, name):
+            return next(m for n, _, m in self.io if n == name)
+
+        def get_tensor_dtype(self, name):
+            return next(t for n, t, _ in self.io if n == name)
+
+        def create_execution_context(self):
+            return Context(self.component)
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.9.0"
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
+    trt.nptype = lambda t: t
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    trt.Runtime = lambda logger: types.SimpleNamespace(
+        deserialize_cuda_engine=lambda blob: Engine(blob.decode()))
+    return trt, cudart
+
+
+@pytest.fixture()
+def trt_bundle(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Bundle, FakeMemory]:
+    root = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / "engines").mkdir()
+    entries = {}
+    for component in SPECS:
+        rel = f"engines/{component}.fp16.engine"
+        (root / rel).write_bytes(component.encode())  # the fake runtime "deserialises" the component name
+        entries[component] = {"file": rel, "trt_version": "10.9.0", "gpu_name": "NVIDIA H200",
+                              "compute_capability": "9.0"}
+    manifest["engines"] = {"fp16": entries}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    memory = FakeMemory()
+    trt, cudart = make_fakes(memory)
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = cudart
+    cuda = types.ModuleType("cuda")
+    cuda.bindings = bindings
+    for name, module in (("tensorrt", trt), ("cuda", cuda), ("cuda.bindings", bindings),
+                         ("cuda.bindings.runtime", cudart)):
+        monkeypatch.setitem(sys.modules, name, module)
+    return Bundle.load(root, verify=False), memory
+
+
+def test_engines_run_with_growing_buffers_and_timed_copies(trt_bundle) -> None:
+    from crisis_tool.runtime.backends.tensorrt_backend import TensorRTBackend
+
+    bundle, memory = trt_bundle
+    backend = TensorRTBackend(bundle, precision="fp16")
+    assert backend.provider == "TensorRT 10.9.0 on NVIDIA H200"
+    rng = np.random.default_rng(0)
+    for batch in (2, 5, 1):  # grow, then reuse the larger buffers
+        pixels = rng.random((batch, 3, 8, 8), dtype=np.float32)
+        ids = rng.integers(0, 49408, size=(batch, 9))
+        img, txt = backend.encode_image(pixels), backend.encode_text(ids)
+        np.testing.assert_allclose(img, image_fn(pixels), rtol=1e-6)
+        np.testing.assert_array_equal(txt, text_fn(ids))
+        logits, probs = backend.decode(img, txt)
+        ref_logits, ref_probs = head_fn(img, txt)
+        np.testing.assert_allclose(logits, ref_logits, rtol=1e-6)
+        np.testing.assert_allclose(probs, ref_probs, rtol=1e-6)
+    assert memory.copies.count("h2d") == 3 * 4 and memory.copies.count("d2h") == 3 * 4
+    assert backend.h2d_seconds == pytest.approx(9 * 0.25e-3)  # 3 engines x 3 calls, GPU-timed by events
+    backend.synchronize()
+    backend.close()
+    assert not memory.blocks  # every device buffer freed
+
+
+def test_engine_for_another_gpu_is_refused_with_rebuild_hint(trt_bundle) -> None:
+    from crisis_tool.runtime.backends.tensorrt_backend import TensorRTBackend
+
+    bundle, _ = trt_bundle
+    bundle.manifest["engines"]["fp16"]["head"]["gpu_name"] = "Orin (nvgpu)"
+    with pytest.raises(BundleError, match=r"another machine.*crisis-tool export --from-bundle .* --engine trt"):
+        TensorRTBackend(bundle, precision="fp16")
