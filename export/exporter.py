@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crisis_tool.export.graphs import GRAPHS, PRECISIONS, build_graph_module
+from crisis_tool.export.graph_specs import GRAPHS, PRECISIONS
+from crisis_tool.export.graphs import build_graph_module
 from crisis_tool.export.onnx_export import DEFAULT_OPSET, export_graph
 from crisis_tool.export.validate import (
     ParityCase,

@@ -1,43 +1,17 @@
-"""The graph table: every exported graph, its torch wrapper, I/O, dynamic axes and parity tolerances.
+"""The torch modules behind each graph of `crisis_tool.export.graph_specs.GRAPHS` (export time only).
 
-Embeddings are OpenCLIP's unnormalised `encode_image` / `encode_text` outputs (what the heads are trained on).
-Symbolic dims: B batch (dynamic), L text length (dynamic, 1..context_length), H/W image size, D embed dim,
-C number of classes.
+OpenCLIP's towers are wrapped so that the TorchScript exporter keeps B and L dynamic: attention is written with
+plain ops, the text tower slices its positional embedding and causal mask to L and finds the EOT explicitly.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-PRECISIONS = ("fp32", "fp16", "int8")
-DYNAMIC_DIMS = ("B", "L")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output: name, numpy dtype name and symbolic shape."""
-
-    name: str
-    dtype: str
-    shape: tuple[str | int, ...]
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """A parity gate. `None` disables a check; top-1 is a fraction of samples that must agree."""
-
-    max_abs: float | None = None
-    min_cosine: float | None = None
-    min_top1: float | None = None
 
 
 class ExportableAttention(nn.Module):
@@ -135,84 +109,13 @@ class HeadGraph(nn.Module):
         return logits, torch.softmax(logits, dim=-1)
 
 
-@dataclass(frozen=True)
-class GraphSpec:
-    """One exported graph: how to build its torch module, its I/O and its parity gate per precision."""
-
-    name: str
-    factory: Callable[..., nn.Module]
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    tolerances: dict[str, Tolerance] = field(default_factory=dict)
-
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
-
-    def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        """torch.onnx `dynamic_axes`: every B and L dim of every input and output."""
-        return {
-            t.name: {i: str(d) for i, d in enumerate(t.shape) if d in DYNAMIC_DIMS}
-            for t in (*self.inputs, *self.outputs)
-        }
-
-    def tolerance(self, precision: str) -> Tolerance:
-        return self.tolerances[precision]
-
-    def io_dict(self) -> dict:
-        return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
-
-
-_EMBED_GATE = {
-    "fp32": Tolerance(min_cosine=0.99999),
-    "fp16": Tolerance(min_cosine=0.999),
-    "int8": Tolerance(min_cosine=0.999),
-}
-_HEAD_GATE = {
-    "fp32": Tolerance(max_abs=1e-4, min_top1=1.0),
-    "fp16": Tolerance(min_top1=0.99),
-    "int8": Tolerance(min_top1=0.99),
-}
-
-GRAPHS: dict[str, GraphSpec] = {
-    "image_encoder": GraphSpec(
-        name="image_encoder",
-        factory=lambda clip_model, **_: ImageEncoderGraph(clip_model),
-        inputs=(TensorSpec("pixel_values", "float32", ("B", 3, "H", "W")),),
-        outputs=(TensorSpec("image_embeds", "float32", ("B", "D")),),
-        tolerances=dict(_EMBED_GATE),
-    ),
-    "text_encoder": GraphSpec(
-        name="text_encoder",
-        factory=lambda clip_model, eot_token_id, **_: TextEncoderGraph(clip_model, eot_token_id),
-        inputs=(TensorSpec("input_ids", "int64", ("B", "L")),),
-        outputs=(TensorSpec("text_embeds", "float32", ("B", "D")),),
-        tolerances=dict(_EMBED_GATE),
-    ),
-    "head": GraphSpec(
-        name="head",
-        factory=lambda head, **_: HeadGraph(head),
-        inputs=(
-            TensorSpec("image_embeds", "float32", ("B", "D")),
-            TensorSpec("text_embeds", "float32", ("B", "D")),
-        ),
-        outputs=(TensorSpec("logits", "float32", ("B", "C")), TensorSpec("probs", "float32", ("B", "C"))),
-        tolerances=dict(_HEAD_GATE),
-    ),
-}
-
-# The end-to-end gate (image enc -> text enc -> head, compared on logits).
-END_TO_END: dict[str, Tolerance] = {
-    "fp32": Tolerance(max_abs=1e-4, min_top1=1.0),
-    "fp16": Tolerance(min_top1=0.99),
-    "int8": Tolerance(min_top1=0.99),
+FACTORIES: dict[str, Callable[..., nn.Module]] = {
+    "image_encoder": lambda clip_model, **_: ImageEncoderGraph(clip_model),
+    "text_encoder": lambda clip_model, eot_token_id, **_: TextEncoderGraph(clip_model, eot_token_id),
+    "head": lambda head, **_: HeadGraph(head),
 }
 
 
 def build_graph_module(name: str, clip_model: nn.Module, head: nn.Module, eot_token_id: int) -> nn.Module:
     """The eval-mode torch module of graph `name`."""
-    return GRAPHS[name].factory(clip_model=clip_model, head=head, eot_token_id=eot_token_id).eval()
+    return FACTORIES[name](clip_model=clip_model, head=head, eot_token_id=eot_token_id).eval()

@@ -11,7 +11,7 @@ import onnx
 import torch
 from torch import nn
 
-from crisis_tool.export.graphs import GraphSpec
+from crisis_tool.export.graph_specs import GraphSpec
 from crisis_tool.runtime.errors import CrisisToolError
 
 DEFAULT_OPSET = 17

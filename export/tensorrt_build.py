@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from crisis_tool.export.graphs import GRAPHS, GraphSpec
+from crisis_tool.export.graph_specs import GRAPHS, GraphSpec
 from crisis_tool.runtime.errors import CrisisToolError, MissingDependencyError
 
 ENGINE_DIR = "engines"

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from crisis_tool.export.graphs import END_TO_END, GRAPHS, Tolerance
+from crisis_tool.export.graph_specs import END_TO_END, GRAPHS, Tolerance
 from crisis_tool.runtime.errors import CrisisToolError
 
 VALIDATION_BATCH_CAP = 16

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from crisis_tool.export.graphs import GRAPHS
+from crisis_tool.export.graph_specs import GRAPHS
 from crisis_tool.export.validate import generate_ids, min_cosine, open_session
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.torch_reference import TorchBackend

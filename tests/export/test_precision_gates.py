@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from crisis_tool.export.graphs import GRAPHS, Tolerance
+from crisis_tool.export.graph_specs import GRAPHS, Tolerance
 
 
 def test_int8_gate_passes_and_records_weight_type(tiny_bundle: Path):

@@ -68,6 +68,33 @@ def test_runtime_and_predict_without_torch(tiny_bundle: Path, tmp_path: Path) ->
     assert rows[0]["error"] is None and "empty text" in rows[1]["error"]
 
 
+def test_engines_from_bundle_without_torch_or_onnx(tiny_bundle: Path) -> None:
+    """On a Jetson (lean install) `export --from-bundle --engine trt` needs only TensorRT: without it, exit 2
+    with one line, and neither torch nor onnx is imported on the way."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here: this test covers machines without it")
+    script = BLOCKER.replace('"transformers"}', '"transformers", "onnx"}') + textwrap.dedent(
+        """
+        import sys
+        from crisis_tool.cli import run
+        code = run(sys.argv[1:])
+        assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "onnx")]
+        print("EXIT", code)
+        """
+    )
+    argv = ["export", "--from-bundle", str(tiny_bundle), "--engine", "trt"]
+    proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=300,
+                          env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "EXIT 2" in proc.stdout
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "tensorrt" in err[0] and "--from-bundle" in err[0]
+
+
 def test_blocker_really_blocks_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", BLOCKER + "import torch"], capture_output=True, text=True,
                           timeout=60, env=_env())
