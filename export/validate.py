@@ -16,7 +16,7 @@ import numpy as np
 from crisis_tool.export.graph_specs import END_TO_END, GRAPHS, Tolerance
 from crisis_tool.runtime.errors import CrisisToolError
 
-VALIDATION_BATCH_CAP = 16
+VALIDATION_BATCH_CAP = 64  # --max-batch above this is validated at 64 (recorded in the manifest)
 
 
 class RuntimeCannotRun(CrisisToolError):

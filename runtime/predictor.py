@@ -117,7 +117,8 @@ class Predictor:
         bundle = Bundle.load(path, verify=verify)
         extra = {"threads": threads} if threads else {}
         engine = create_backend(backend, bundle, precision=precision, providers=providers, **extra)
-        predictor = cls(bundle, engine, max_batch=max_batch, **options)
+        limit = getattr(engine, "max_batch", None)  # TensorRT engines have a fixed profile
+        predictor = cls(bundle, engine, max_batch=min(max_batch, limit) if limit else max_batch, **options)
         predictor.cold_start_s = time.perf_counter() - start
         return predictor
 

@@ -151,6 +151,7 @@ class TensorRTBackend(Backend):
         self.provider = f"TensorRT {trt.__version__} on {gpu_name}"
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines: dict[str, _Engine] = {}
+        self.max_batch: int | None = None  # the engines' optimization-profile limit; the Predictor respects it
         for component in COMPONENTS:
             entry = bundle.engine_entry(component, self.precision)
             if entry is None:
@@ -164,6 +165,10 @@ class TensorRTBackend(Backend):
             if not path.is_file():
                 raise BundleError(f"{bundle.root}: missing engine file {entry['file']}")
             self.engines[component] = _Engine(trt, cudart, runtime, path.read_bytes(), str(path))
+            shapes = (entry.get("profile") or {}).values()
+            limits = [int(s["max"][0]) for s in shapes if s.get("max")]
+            if limits:
+                self.max_batch = min([self.max_batch, *limits]) if self.max_batch else min(limits)
 
     @staticmethod
     def unavailable_reason() -> str | None:

@@ -142,8 +142,10 @@ def trt_bundle(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for component in SPECS:
         rel = f"engines/{component}.fp16.engine"
         (root / rel).write_bytes(component.encode())  # the fake runtime "deserialises" the component name
+        limit = [6 if component == "head" else 8]
         entries[component] = {"file": rel, "trt_version": "10.9.0", "gpu_name": "NVIDIA H200",
-                              "compute_capability": "9.0"}
+                              "compute_capability": "9.0",
+                              "profile": {SPECS[component][0][0][0]: {"min": [1], "opt": [4], "max": limit}}}
     manifest["engines"] = {"fp16": entries}
     (root / "manifest.json").write_text(json.dumps(manifest))
     memory = FakeMemory()
@@ -164,6 +166,7 @@ def test_engines_run_with_growing_buffers_and_timed_copies(trt_bundle) -> None:
     bundle, memory = trt_bundle
     backend = TensorRTBackend(bundle, precision="fp16")
     assert backend.provider == "TensorRT 10.9.0 on NVIDIA H200"
+    assert backend.max_batch == 6  # the smallest optimization-profile limit among the engines
     rng = np.random.default_rng(0)
     for batch in (2, 5, 1):  # grow, then reuse the larger buffers
         pixels = rng.random((batch, 3, 8, 8), dtype=np.float32)
@@ -180,6 +183,15 @@ def test_engines_run_with_growing_buffers_and_timed_copies(trt_bundle) -> None:
     backend.synchronize()
     backend.close()
     assert not memory.blocks  # every device buffer freed
+
+
+def test_predictor_batches_within_the_engine_profile(trt_bundle) -> None:
+    from crisis_tool.runtime.predictor import Predictor
+
+    bundle, _ = trt_bundle
+    predictor = Predictor.from_bundle(bundle.root, backend="tensorrt", precision="fp16", max_batch=32, verify=False)
+    assert predictor.max_batch == 6
+    predictor.close()
 
 
 def test_engine_for_another_gpu_is_refused_with_rebuild_hint(trt_bundle) -> None:
