@@ -120,12 +120,6 @@ def fit_head(cfg: HeadConfig, train: EncodedSplit, dev: EncodedSplit, classes: l
     return head.eval(), history
 
 
-def load_llava(llava_file: Path | None, text_source: str) -> dict[str, str] | None:
-    if llava_file is None:
-        return None
-    return read_llava_file(llava_file)
-
-
 def train(data: Path, task: TaskSpec, out: Path, opts: TrainOptions, clip_model: str = "ViT-B-32",
           pretrained: str = "openai", llava_file: Path | None = None, cache_dir: Path = DEFAULT_CACHE,
           log=print) -> dict:
@@ -133,7 +127,7 @@ def train(data: Path, task: TaskSpec, out: Path, opts: TrainOptions, clip_model:
     if opts.text_source not in TEXT_SOURCES:
         raise UsageError(f"unknown --text {opts.text_source!r} (choose from {', '.join(TEXT_SOURCES)})")
     clip = load_clip(clip_model, pretrained)
-    llava = load_llava(llava_file, opts.text_source)
+    llava = read_llava_file(llava_file) if llava_file else None
     cache = FeatureCache(cache_dir, clip)
     classes = list(task.classes)
     encoded = {}
@@ -153,7 +147,7 @@ def train(data: Path, task: TaskSpec, out: Path, opts: TrainOptions, clip_model:
         "head": cfg.to_dict(),
         "clip": clip.describe(),
         "preprocess": clip.preprocess.to_dict(),
-        "training": {k: v for k, v in vars(opts).items()},
+        "training": dict(vars(opts)),
         "data": {"root": str(data), "splits": opts.splits, "llava_file": str(llava_file) if llava_file else None},
     }
     save_run(out, head, config, metrics)
