@@ -19,7 +19,7 @@ from crisis_tool.runtime.errors import UsageError
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf"]
 WIDTH, HEIGHT = 960, 600
-MARGIN = {"left": 90, "right": 220, "top": 60, "bottom": 80}
+MARGIN = {"left": 90, "right": 240, "top": 60, "bottom": 80}
 AXIS = "#222222"
 GRID = "#e6e6e6"
 
@@ -106,7 +106,7 @@ class _Canvas:
         for i, name in enumerate(names):
             colour = PALETTE[i % len(PALETTE)]
             self.draw.rectangle((x, y + 3, x + 14, y + 15), fill=colour)
-            self.text((x + 22, y), _ellipsize(name, 24), self.small)
+            self.text((x + 22, y), _ellipsize(name, 28), self.small)
             y += 22
 
     def save(self, path: str | Path) -> Path:
@@ -232,7 +232,8 @@ def heatmap(matrix: Sequence[Sequence[float]] | np.ndarray, row_labels: Sequence
     margin = {"left": row_w + 60, "right": 40, "top": 60, "bottom": col_h + 60}
     width = margin["left"] + cell * data.shape[1] + margin["right"]
     height = margin["top"] + cell * data.shape[0] + margin["bottom"]
-    canvas = _Canvas(title, max(width, 320), height, margin)
+    title_w = _text_size(probe, title, _font(20))[0] + 40  # the canvas draws its title in a 20 px font
+    canvas = _Canvas(title, max(width, 320, title_w), height, margin)
     canvas.x1 = canvas.x0 + cell * data.shape[1]
     finite = data[np.isfinite(data)]
     top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0

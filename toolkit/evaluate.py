@@ -30,5 +30,5 @@ def evaluate_run(model: Path, data: Path, split: str = "test", llava_file: Path 
     report.update(split=split, task=task.name, model=str(model), skipped_images=len(enc.bad_images))
     if confusion_png is not None:
         heatmap(report["confusion_matrix"], run.labels, run.labels, confusion_png,
-                title=f"{task.name} / {split}: confusion matrix (rows true, columns predicted)")
+                title=f"{task.name} / {split}: confusion matrix")
     return report

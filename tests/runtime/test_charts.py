@@ -79,3 +79,14 @@ def test_bad_inputs_raise_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not match"):
         heatmap(np.ones((2, 3)), ["a", "b"], ["a", "b"], tmp_path / "x.png", "t")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_heatmap_widens_for_a_long_title(tmp_path) -> None:
+    from PIL import Image
+
+    from crisis_tool.runtime.charts import heatmap
+
+    short = heatmap([[1, 0], [0, 1]], ["a", "b"], ["a", "b"], tmp_path / "s.png", title="cm")
+    long = heatmap([[1, 0], [0, 1]], ["a", "b"], ["a", "b"], tmp_path / "l.png", title="x" * 90)
+    with Image.open(short) as s, Image.open(long) as lg:
+        assert lg.width > s.width and lg.width >= 90 * 8
