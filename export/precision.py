@@ -13,7 +13,7 @@ import onnx
 
 # Weight types tried for int8, in order; the parity gate decides which one is kept per graph. The last
 # resort "fp32" keeps a graph that no weight type quantizes within its gate unquantized (recorded as such).
-INT8_WEIGHT_TYPES = ("QUInt8", "QInt8", "fp32")
+INT8_WEIGHT_TYPES = ("QUInt8", "QInt8", "QUInt8-per-channel", "fp32")
 
 # Ops kept in fp32 in fp16 graphs: normalisation, softmax and the reductions / powers they are built from.
 FP16_OP_BLOCK_LIST = (
@@ -32,20 +32,22 @@ FP16_OP_BLOCK_LIST = (
 def quantize_int8(src: Path, dst: Path, weight_type: str) -> Path:
     """Dynamic int8 quantization of MatMul/Gemm (and Conv) weights; activations quantized at run time.
 
-    `weight_type` "fp32" copies the graph unquantized.
+    `weight_type` is a QuantType name, optionally with "-per-channel" (one scale per output column: slower
+    to build, closer to fp32); "fp32" copies the graph unquantized.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if weight_type == "fp32":
         shutil.copyfile(src, dst)
         return Path(dst)
-
+    base, _, variant = weight_type.partition("-")
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint on the root logger
     try:
         with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-            quantize_dynamic(str(src), str(dst), weight_type=getattr(QuantType, weight_type))
+            quantize_dynamic(str(src), str(dst), weight_type=getattr(QuantType, base),
+                             per_channel=variant == "per-channel")
     finally:
         root.setLevel(level)
     return Path(dst)

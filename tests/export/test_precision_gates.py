@@ -21,7 +21,7 @@ def test_int8_gate_passes_and_records_weight_type(tiny_bundle: Path):
     assert report["end_to_end"]["top1_agreement"] >= 0.99
     for component in GRAPHS:
         entry = report[component]
-        assert entry["passed"] and entry["weight_type"] in ("QUInt8", "QInt8", "fp32")
+        assert entry["passed"] and entry["weight_type"] in ("QUInt8", "QInt8", "QUInt8-per-channel", "fp32")
         assert entry["tried"][entry["weight_type"]]["passed"]
         file = manifest["graphs"]["int8"][component]["file"]
         # A graph left unquantized shares the fp32 file instead of a duplicate copy.
