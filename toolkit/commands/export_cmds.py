@@ -30,15 +30,15 @@ def parity_table(manifest: dict[str, Any]) -> Table:
             if entry.get("weight_type"):
                 gate += f" ({entry['weight_type']})"
             table.add_row(
-                precision, name, _fmt(entry.get("max_abs")), _fmt(entry.get("min_cosine")),
+                precision, name, _fmt(entry.get("max_abs")), _fmt(entry.get("min_cosine"), ".6f"),
                 _fmt(entry.get("top1_agreement")), ",".join(map(str, entry.get("batches", []))), gate,
             )
     table.caption = "\n".join(notes) or None
     return table
 
 
-def _fmt(value: Any) -> str:
-    return "" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    return "" if value is None else format(value, spec) if isinstance(value, float) else str(value)
 
 
 def summary_table(manifest: dict[str, Any], root: Path) -> Table:
