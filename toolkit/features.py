@@ -41,6 +41,7 @@ class EmbeddingStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.dirty = False
         self.table: dict[str, np.ndarray] = {}
         if path.is_file():
             with np.load(path) as data:
@@ -51,14 +52,19 @@ class EmbeddingStore:
 
     def add(self, keys: Sequence[str], embeds: np.ndarray) -> None:
         self.table.update(zip(keys, embeds.astype(np.float32)))
+        self.dirty = True
 
     def save(self) -> None:
+        """Write the store if anything was added since it was loaded or last saved."""
+        if not self.dirty:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         keys = np.array(list(self.table), dtype=str)
         embeds = np.stack(list(self.table.values())) if self.table else np.zeros((0, 0), np.float32)
         tmp = self.path.with_suffix(".tmp.npz")
         np.savez(tmp, keys=keys, embeds=embeds)
         tmp.replace(self.path)
+        self.dirty = False
 
     def stack(self, keys: Sequence[str]) -> np.ndarray:
         return np.stack([self.table[k] for k in keys]).astype(np.float32)
@@ -113,36 +119,45 @@ class FeatureCache:
                      self.clip.model.encode_text, "texts")
         return keys
 
-    def image_keys(self, paths: list[Path]) -> tuple[list[str | None], list[tuple[str, str]], dict[str, Path]]:
-        """Hash image files; returns keys (None for unreadable), the failures and a key -> path map."""
-        keys: list[str | None] = []
-        bad: list[tuple[str, str]] = []
-        first_path: dict[str, Path] = {}
-        for path in paths:
-            try:
-                key = sha256_bytes(path.read_bytes())
-            except OSError as exc:
-                keys.append(None)
-                bad.append((str(path), exc.strerror or str(exc)))
-                continue
-            keys.append(key)
-            first_path.setdefault(key, path)
-        return keys, bad, first_path
+    def _flush_images(self, pending: dict[str, np.ndarray]) -> None:
+        """Encode the decoded, not yet cached images and add them to the store."""
+        if pending:
+            with torch.inference_mode():
+                out = self.clip.model.encode_image(torch.from_numpy(np.stack(list(pending.values()))))
+            self.images.add(list(pending), out.float().cpu().numpy())
+            pending.clear()
 
     def encode_images(self, paths: list[Path]) -> tuple[list[str | None], list[tuple[str, str]]]:
-        """Encode unique readable images not yet cached; returns keys (None for bad images) and failures."""
-        keys, bad, first_path = self.image_keys(paths)
-        decoded: dict[str, np.ndarray] = {}
-        for key in self.images.missing([k for k in keys if k]):
-            try:
-                decoded[key] = preprocess_image(load_image(first_path[key]), self.clip.preprocess)
-            except ImageLoadError as exc:
-                bad.append((str(first_path[key]), str(exc)))
-        failed = {p for p, _ in bad}
-        keys = [None if k is None or str(first_path[k]) in failed else k for k in keys]
-        good = list(decoded)
-        self._encode(self.images, good, [decoded[k] for k in good], lambda b: torch.from_numpy(np.stack(b)),
-                     self.clip.model.encode_image, "images")
+        """Encode unique readable images not yet cached; returns keys (None for bad images) and failures.
+
+        Each file is read once: its bytes are hashed and, when the hash is not cached, decoded from the same
+        bytes. At most one batch of decoded images is held in memory.
+        """
+        keys: list[str | None] = []
+        bad: list[tuple[str, str]] = []
+        failed: set[str] = set()
+        pending: dict[str, np.ndarray] = {}
+        with progress_bar("encoding images", total=len(paths)) as advance:
+            for path in paths:
+                advance(1)
+                try:
+                    data = path.read_bytes()
+                except OSError as exc:
+                    keys.append(None)
+                    bad.append((str(path), exc.strerror or str(exc)))
+                    continue
+                key = sha256_bytes(data)
+                if key not in failed and key not in pending and key not in self.images.table:
+                    try:
+                        pending[key] = preprocess_image(load_image(data), self.clip.preprocess)
+                    except ImageLoadError as exc:
+                        failed.add(key)
+                        bad.append((str(path), str(exc)))
+                    if len(pending) >= self.batch_size:
+                        self._flush_images(pending)
+                keys.append(None if key in failed else key)
+            self._flush_images(pending)
+        self.images.save()
         return keys, bad
 
     def encode_split(self, root: Path, examples: list[Example], text_source: str,
