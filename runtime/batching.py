@@ -28,10 +28,6 @@ class EmbeddingCache:
                 self._data.move_to_end(key)
             return value
 
-    def __contains__(self, key: str) -> bool:
-        with self._lock:
-            return key in self._data
-
     def put(self, key: str, value: np.ndarray) -> None:
         if self.capacity <= 0:
             return

@@ -133,14 +133,3 @@ def count_flops(model: str | Path | onnx.ModelProto, dims: dict[str, int] | None
         except ImportError:
             pass  # no onnxruntime: _need() names the unresolved tensor
     return sum(_node_flops(node, shapes) for node in inferred.graph.node)
-
-
-def input_dim_names(model: str | Path | onnx.ModelProto) -> dict[str, list[str]]:
-    """Symbolic dim names per graph input, e.g. {"input_ids": ["B", "L"]}."""
-    proto = onnx.load(str(model), load_external_data=False) if not isinstance(model, onnx.ModelProto) else model
-    initializers = {i.name for i in proto.graph.initializer}
-    return {
-        v.name: [d.dim_param for d in v.type.tensor_type.shape.dim if d.dim_param]
-        for v in proto.graph.input
-        if v.name not in initializers
-    }

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,11 +48,6 @@ class JsonlWriter:
         self._fh.write(json.dumps(prediction_to_dict(pred), ensure_ascii=False) + "\n")
         self.count += 1
         self.errors += pred.error is not None
-
-    def write_all(self, preds: Iterable[Any]) -> None:
-        for pred in preds:
-            self.write(pred)
-        self.flush()
 
     def flush(self) -> None:
         self._fh.flush()
