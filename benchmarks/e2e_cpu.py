@@ -27,13 +27,13 @@ from typing import Any
 from rich.console import Console
 
 from crisis_tool.runtime.bench import BenchOptions, run_bench
-from crisis_tool.runtime.bench_report import render_table, write_json, write_markdown, write_plot
+from crisis_tool.runtime.bench.report import render_table, write_json, write_markdown, write_plot
 
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 COLD_START = """
 import sys, time, json
 t0 = time.perf_counter()
-from crisis_tool.runtime.bench_inputs import generate_records
+from crisis_tool.runtime.bench.inputs import generate_records
 from crisis_tool.runtime.predictor import Predictor
 t1 = time.perf_counter()
 records = generate_records(1, sys.argv[3], seed=7)
@@ -79,7 +79,7 @@ def build_bundle(work: Path) -> Path:
 
 def bench(bundle: Path, work: Path, name: str, component: str, sizes: tuple[int, ...], seconds: float,
           text_tokens: tuple[int | None, ...] = (None,)) -> dict[str, Any]:
-    opts = BenchOptions(bundle=bundle, backends=BACKENDS, batch_sizes=sizes, component=component,
+    opts = BenchOptions(bundle=bundle, backends=BACKENDS, batch_sizes=sizes, workload=component,
                         seconds=seconds, warmup=1, text_tokens=text_tokens, gemm_seconds=3.0)
     result = run_bench(opts, progress=lambda msg: print(f"  [{name}] {msg}", file=sys.stderr, flush=True))
     Console(width=200).print(render_table(result))
@@ -101,8 +101,8 @@ def cold_start(bundle: Path, work: Path, precision: str) -> dict[str, float]:
 
 
 def check_flop_counter(bundle: Path) -> tuple[float, float]:
+    from crisis_tool.runtime.bench.flops import count_flops
     from crisis_tool.runtime.bundle import Bundle
-    from crisis_tool.runtime.onnx_flops import count_flops
 
     b = Bundle.load(bundle, verify=False)
     image = count_flops(b.graph_path("image_encoder", "fp32"), {"B": 1}) / 1e9

@@ -1,4 +1,8 @@
-"""Writing a bundle directory: graphs are already in place; add tokenizer, head weights, configs, manifest."""
+"""Writing a bundle directory: graphs are already in place; add tokenizer, head weights, run config, manifest.
+
+Every name (files, manifest keys) comes from `crisis_tool.runtime.manifest`; the run config is stored once,
+in `model_config.json`, and the manifest repeats only what the runtime needs, checked against it on load.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from crisis_tool.runtime.bundle import FORMAT_VERSION, MANIFEST_NAME, sha256_file
-
-TOKENIZER_DIR = "tokenizer"
-HEAD_WEIGHTS_NAME = "head.safetensors"
-MODEL_CONFIG_NAME = "model_config.json"
+from crisis_tool.runtime.atomic_files import atomic_output
+from crisis_tool.runtime.graph_table import GRAPHS
+from crisis_tool.runtime.manifest import (
+    HEAD_WEIGHTS_NAME,
+    MODEL_CONFIG_NAME,
+    TOKENIZER_DIR,
+    GraphEntry,
+    Manifest,
+    TokenizerEntry,
+)
+from crisis_tool.runtime.tokenizer import ClipTokenizer
 
 
 def package_versions() -> dict[str, str]:
@@ -33,33 +43,18 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def file_table(root: Path) -> dict[str, dict[str, Any]]:
-    """{relative path: {sha256, size}} of every file in the bundle except the manifest."""
-    table = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        if rel != MANIFEST_NAME:
-            table[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
-    return table
-
-
-def finalize_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Hash every file, then write `manifest.json` last."""
-    manifest["files"] = file_table(root)
-    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return manifest
-
-
-def write_tokenizer(root: Path, vocab_path: Path, context_length: int) -> dict[str, Any]:
+def write_tokenizer(root: Path, vocab_path: Path, context_length: int) -> TokenizerEntry:
     """Copy the BPE vocabulary and return the manifest's tokenizer entry."""
-    from crisis_tool.runtime.tokenizer import ClipTokenizer
-
     (root / TOKENIZER_DIR).mkdir(parents=True, exist_ok=True)
     rel = f"{TOKENIZER_DIR}/{Path(vocab_path).name}"
     shutil.copyfile(vocab_path, root / rel)
     tok = ClipTokenizer(root / rel, context_length=context_length)
-    return {"vocab_file": rel, "context_length": int(context_length),
-            "sot_token_id": int(tok.sot_token_id), "eot_token_id": int(tok.eot_token_id)}
+    return TokenizerEntry(rel, int(context_length), int(tok.sot_token_id), int(tok.eot_token_id))
+
+
+def graph_entries(paths: dict[str, Path]) -> dict[str, GraphEntry]:
+    """Manifest entries of one precision's graphs (file names relative to the bundle)."""
+    return {graph: GraphEntry.for_graph(graph, path.name) for graph, path in paths.items()}
 
 
 def write_bundle(
@@ -68,44 +63,47 @@ def write_bundle(
     run_config: dict[str, Any],
     head_weights: Path,
     vocab_path: Path,
-    graphs: dict[str, dict[str, Any]],
+    graphs: dict[str, dict[str, Path]],
     precision: str,
     parity: dict[str, Any],
     validated: dict[str, Any],
     forced: bool,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Complete a bundle in `root` whose ONNX graphs are already written. Returns the manifest."""
+    max_batch: int,
+    opset: int,
+) -> Manifest:
+    """Complete a bundle in `root` whose ONNX graphs are already written. Returns the saved manifest."""
     root = Path(root)
     shutil.copyfile(head_weights, root / HEAD_WEIGHTS_NAME)
     (root / MODEL_CONFIG_NAME).write_text(json.dumps(run_config, indent=2) + "\n", encoding="utf-8")
     tokenizer = write_tokenizer(root, vocab_path, int(run_config["clip"]["context_length"]))
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "crisis_tool_version": package_versions()["crisis_tool"],
-        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "task": run_config["task"],
-        "labels": list(run_config["labels"]),
-        "text_source": run_config["text_source"],
-        "model": run_config,
-        "preprocess": run_config["preprocess"],
-        "tokenizer": tokenizer,
-        "precision": precision,
-        "graphs": graphs,
-        "engines": {},
-        "parity": parity,
-        "validated": validated,
-        "forced": bool(forced),
-        **(extra or {}),
-        "versions": package_versions(),
-    }
-    return finalize_manifest(root, manifest)
+    size = int(run_config["preprocess"]["size"])
+    head = run_config["head"]
+    versions = package_versions()
+    manifest = Manifest(
+        crisis_tool_version=versions["crisis_tool"],
+        created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        task=run_config["task"],
+        labels=tuple(run_config["labels"]),
+        text_source=run_config["text_source"],
+        preprocess=run_config["preprocess"],
+        tokenizer=tokenizer,
+        dims={"H": size, "W": size, "D": int(head["clip_embed_dim"]), "C": int(head["num_classes"])},
+        precision=precision,
+        max_batch=int(max_batch),
+        opset=int(opset),
+        graphs={p: graph_entries({g: paths[g] for g in GRAPHS if g in paths}) for p, paths in graphs.items()},
+        parity=parity,
+        validated=validated,
+        forced=bool(forced),
+        versions=versions,
+    )
+    return manifest.save(root)
 
 
 def write_tar(root: Path) -> Path:
-    """`<bundle>.tar.gz` next to the bundle directory, holding it under its own name."""
+    """`<bundle>.tar.gz` next to the bundle directory, holding it under its own name (written atomically)."""
     root = Path(root)
     target = root.with_name(root.name + ".tar.gz")
-    with tarfile.open(target, "w:gz") as tar:
+    with atomic_output(target, "wb") as fh, tarfile.open(fileobj=fh, mode="w:gz") as tar:
         tar.add(root, arcname=root.name)
     return target

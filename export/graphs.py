@@ -1,4 +1,4 @@
-"""The torch modules behind each graph of `crisis_tool.export.graph_specs.GRAPHS` (export time only).
+"""The torch modules behind each graph of `crisis_tool.runtime.graph_table.GRAPHS` (export time only).
 
 OpenCLIP's towers are wrapped so that the TorchScript exporter keeps B and L dynamic: attention is written with
 plain ops, the text tower slices its positional embedding and causal mask to L and finds the EOT explicitly.
@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from crisis_tool.runtime.graph_table import HEAD, IMAGE_ENCODER, TEXT_ENCODER
 
 
 class ExportableAttention(nn.Module):
@@ -57,7 +60,7 @@ def exportable_copy(module: nn.Module) -> nn.Module:
 class ImageEncoderGraph(nn.Module):
     """pixel_values [B,3,H,W] -> image_embeds [B,D] (unnormalised, as `encode_image`)."""
 
-    def __init__(self, clip_model: nn.Module) -> None:
+    def __init__(self, clip_model: Any) -> None:  # an open_clip CLIP model
         super().__init__()
         self.visual = exportable_copy(clip_model.visual)
 
@@ -73,7 +76,9 @@ class TextEncoderGraph(nn.Module):
     The EOT position is found explicitly as argmax over (ids == eot) in int32 (no int64 ArgMax in the graph).
     """
 
-    def __init__(self, clip_model: nn.Module, eot_token_id: int) -> None:
+    attn_mask: torch.Tensor  # a registered buffer
+
+    def __init__(self, clip_model: Any, eot_token_id: int) -> None:  # an open_clip CLIP model
         super().__init__()
         self.token_embedding = clip_model.token_embedding
         self.positional_embedding = clip_model.positional_embedding
@@ -110,9 +115,9 @@ class HeadGraph(nn.Module):
 
 
 FACTORIES: dict[str, Callable[..., nn.Module]] = {
-    "image_encoder": lambda clip_model, **_: ImageEncoderGraph(clip_model),
-    "text_encoder": lambda clip_model, eot_token_id, **_: TextEncoderGraph(clip_model, eot_token_id),
-    "head": lambda head, **_: HeadGraph(head),
+    IMAGE_ENCODER: lambda clip_model, **_: ImageEncoderGraph(clip_model),
+    TEXT_ENCODER: lambda clip_model, eot_token_id, **_: TextEncoderGraph(clip_model, eot_token_id),
+    HEAD: lambda head, **_: HeadGraph(head),
 }
 
 

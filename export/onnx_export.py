@@ -11,10 +11,9 @@ import onnx
 import torch
 from torch import nn
 
-from crisis_tool.export.graph_specs import GraphSpec
+from crisis_tool.export.formats import DEFAULT_OPSET
 from crisis_tool.runtime.errors import CrisisToolError
-
-DEFAULT_OPSET = 17
+from crisis_tool.runtime.graph_table import GraphSpec
 
 
 def example_inputs(spec: GraphSpec, dims: dict[str, int]) -> tuple[torch.Tensor, ...]:

@@ -1,4 +1,8 @@
-"""Reduced-precision ONNX variants: int8 (dynamic weight quantization) and fp16 (norms/softmax kept fp32)."""
+"""Reduced-precision ONNX variants: int8 (dynamic weight quantization) and fp16 (norms/softmax kept fp32).
+
+`build_variant` makes a whole variant: per graph (int8 candidates are picked in
+`crisis_tool.export.int8_candidates`), then end to end with the fp32 fallback (`crisis_tool.export.fallback`).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,10 @@ import logging
 import shutil
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import onnx
-
-# Weight types tried for int8, in order; the parity gate decides which one is kept per graph. The last
-# resort "fp32" keeps a graph that no weight type quantizes within its gate unquantized (recorded as such).
-INT8_WEIGHT_TYPES = ("QUInt8", "QInt8", "QUInt8-per-channel", "fp32")
 
 # Ops kept in fp32 in fp16 graphs: normalisation, softmax and the reductions / powers they are built from.
 FP16_OP_BLOCK_LIST = (
@@ -105,3 +106,52 @@ def convert_fp16(src: Path, dst: Path) -> Path:
         )
     onnx.save(converted, str(dst))
     return Path(dst)
+
+
+def build_variant(precision: str, tmp: Path, fp32_paths: dict[str, Path], cases: list[Any], calibrated: bool
+                  ) -> tuple[dict[str, Path], dict[str, Any], bool | str]:
+    """The int8 or fp16 graphs, each gated on its own, then end to end with the fp32 fallback.
+
+    Returns (paths kept per graph, parity report, validated). A graph that fails its own gate, or is dropped by
+    the end-to-end fallback, stays fp32 (its path is the fp32 file; `chosen` and `why` say so).
+    `calibrated`: real calibration records were given (enables the static Q/DQ int8 candidate).
+    """
+    from crisis_tool.export.calibration import calibration_feeds
+    from crisis_tool.export.fallback import choose_combination
+    from crisis_tool.export.int8_candidates import pick_int8
+    from crisis_tool.export.validate import RuntimeCannotRun, check_graph, failures
+
+    paths = {c: tmp / f"{c}.{precision}.onnx" for c in fp32_paths}
+    report: dict[str, Any] = {}
+    try:
+        for component, src in fp32_paths.items():
+            if precision == "int8":
+                feeds = calibration_feeds(component, cases) if calibrated else None
+                report[component] = pick_int8(component, src, paths[component], cases, feeds)
+            else:
+                convert_fp16(src, paths[component])
+                entry = check_graph(component, paths[component], cases, precision)
+                report[component] = _fp16_choice(component, src, entry, cases)
+    except RuntimeCannotRun as exc:
+        return paths, {}, f"not validated: {exc}"
+    for component, entry in report.items():
+        if entry["chosen"] == "fp32":
+            paths[component].unlink(missing_ok=True)
+            paths[component] = fp32_paths[component]
+    kept, report["end_to_end"] = choose_combination(precision, paths, fp32_paths, report, cases)
+    for component, path in kept.items():
+        if path == fp32_paths[component] and paths[component] != path:
+            paths[component].unlink(missing_ok=True)  # dropped by the fallback: share the fp32 file
+    return kept, report, not failures({precision: report})
+
+
+def _fp16_choice(component: str, src: Path, entry: dict[str, Any], cases: list[Any]) -> dict[str, Any]:
+    """An fp16 graph's entry; one that fails its own gate stays fp32 (with the fp16 numbers recorded)."""
+    from crisis_tool.export.validate import check_graph
+
+    if entry["passed"]:
+        return {**entry, "chosen": "fp16", "why": "passed its gate"}
+    numbers = {k: entry[k] for k in ("min_cosine", "top1_agreement", "top1_interval", "n") if k in entry}
+    kept = check_graph(component, src, cases, "fp32")
+    return {**kept, "chosen": "fp32", "why": f"fp16 failed its gate: {numbers}",
+            "candidates": {"fp16": {**numbers, "passed": False}}}

@@ -2,8 +2,9 @@
 
 One optimization profile per engine (batch 1 / 8 / --max-batch, text length 1 / 77 / 77), fp16 with
 normalisation, softmax and reduction layers pinned to fp32 (OBEY_PRECISION_CONSTRAINTS), int8 from an
-explicit Q/DQ graph (ONNX Runtime static quantization, calibrated on generated inputs), a persistent timing
-cache, and a manifest entry (plus JSON sidecar) with the TensorRT version, GPU name and compute capability.
+explicit Q/DQ graph that passed the int8 gate in onnxruntime first, a persistent timing cache, and a manifest
+entry (plus JSON sidecar) with the TensorRT version, GPU name and compute capability. Every engine is run on the
+gate inputs and held to its graph's gate; a failing one is not kept (`crisis_tool.export.engine_parity`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from crisis_tool.export.graph_specs import GRAPHS, GraphSpec
+from crisis_tool.runtime.atomic_files import atomic_write_bytes, atomic_write_text
+from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import CrisisToolError, MissingDependencyError
+from crisis_tool.runtime.graph_table import GRAPHS, GraphSpec
+from crisis_tool.runtime.manifest import EngineEntry, engine_file_name, engine_sidecar_name
 
-ENGINE_DIR = "engines"
 OPT_BATCH = 8
 WORKSPACE_BYTES = 4 << 30
 # Layers kept in fp32 in reduced-precision engines, by TensorRT layer type and by ONNX op name.
@@ -33,7 +37,7 @@ def default_timing_cache() -> Path:
 
 def _hint(bundle: Path) -> str:
     return (f"the ONNX bundle at {bundle} is ready for "
-            f"`crisis-tool export --from-bundle {bundle} --engine trt` on the target")
+            f"`crisis-tool export --from-bundle {bundle} --format trt` on the target")
 
 
 def import_tensorrt(bundle: Path) -> Any:
@@ -48,32 +52,16 @@ def import_tensorrt(bundle: Path) -> Any:
 
 
 def gpu_info(bundle: Path) -> tuple[str, str]:
-    """(GPU name, compute capability 'major.minor') of device 0; MissingDependencyError without a GPU."""
-    cudart = None
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            cudart = None
-    if cudart is not None:
-        err, count = cudart.cudaGetDeviceCount()
-        if int(err) == 0 and count > 0:
-            err, prop = cudart.cudaGetDeviceProperties(0)
-            if int(err) == 0:
-                name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
-                return name.rstrip("\x00").strip(), f"{prop.major}.{prop.minor}"
-    else:
-        try:
-            import torch
+    """(GPU name, compute capability 'major.minor') of device 0 (the runtime's probe); MissingDependencyError
+    with the from-bundle hint without a GPU or cuda-python."""
+    from crisis_tool.runtime.backends.tensorrt_backend import gpu_identity, import_cudart
 
-            if torch.cuda.is_available():
-                major, minor = torch.cuda.get_device_capability(0)
-                return torch.cuda.get_device_name(0), f"{major}.{minor}"
-        except ImportError:
-            pass
-    raise MissingDependencyError(f"TensorRT engines need an NVIDIA GPU and none was found; {_hint(bundle)}")
+    try:
+        return gpu_identity(import_cudart())
+    except MissingDependencyError:
+        raise MissingDependencyError(
+            f"TensorRT engines need an NVIDIA GPU (and cuda-python) and none was found; {_hint(bundle)}"
+        ) from None
 
 
 def profile_shapes(spec: GraphSpec, dims: dict[str, int], max_batch: int) -> dict[str, dict[str, list[int]]]:
@@ -116,8 +104,7 @@ def _load_timing_cache(config: Any, path: Path) -> Any:
 
 
 def _save_timing_cache(config: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    atomic_write_bytes(path, bytes(memoryview(config.get_timing_cache().serialize())))
 
 
 def build_engine(trt: Any, onnx_path: Path, spec: GraphSpec, dims: dict[str, int], precision: str,
@@ -149,85 +136,50 @@ def build_engine(trt: Any, onnx_path: Path, spec: GraphSpec, dims: dict[str, int
     if serialized is None:
         raise CrisisToolError(f"TensorRT failed to build an engine from {onnx_path.name} ({precision})")
     _save_timing_cache(config, timing_cache)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(memoryview(serialized)))
+    atomic_write_bytes(engine_path, bytes(memoryview(serialized)))
     return {"profile": shapes, "fp32_layers": len(pinned)}
 
 
-def qdq_graph(src: Path, dst: Path, component: str, feeds: list[dict[str, Any]]) -> Path:
-    """An explicitly quantized (Q/DQ) copy of a graph for TensorRT int8, calibrated on `feeds`."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter(feeds)
-
-        def get_next(self) -> dict[str, Any] | None:
-            return next(self._it, None)
-
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-    return dst
-
-
-def calibration_feeds(
-    bundle: Path, manifest: dict[str, Any], batches: int = 4, batch: int = 8
-) -> dict[str, list]:
-    """Generated calibration inputs per component; the head's come from the fp32 encoders (ONNX Runtime)."""
-    import numpy as np
-
-    from crisis_tool.export.validate import generate_ids, open_session
-
-    rng = np.random.default_rng(0)
-    tok, size = manifest["tokenizer"], int(manifest["preprocess"]["size"])
-    graphs = manifest["graphs"]["fp32"]
-    image = open_session(bundle / graphs["image_encoder"]["file"])
-    text = open_session(bundle / graphs["text_encoder"]["file"])
-    feeds: dict[str, list] = {"image_encoder": [], "text_encoder": [], "head": []}
-    for _ in range(batches):
-        pixels = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
-        ids = generate_ids(batch, rng, tok["sot_token_id"], tok["eot_token_id"], tok["context_length"])
-        feeds["image_encoder"].append({"pixel_values": pixels})
-        feeds["text_encoder"].append({"input_ids": ids})
-        feeds["head"].append({"image_embeds": image.run(None, {"pixel_values": pixels})[0],
-                              "text_embeds": text.run(None, {"input_ids": ids})[0]})
-    return feeds
-
-
 def build_bundle_engines(bundle: Path, precision: str | None = None, max_batch: int | None = None,
-                         timing_cache: Path | None = None) -> dict[str, Any]:
-    """Build engines for every component of a verified bundle and record them in its manifest."""
-    from crisis_tool.export.bundle_writer import finalize_manifest
-    from crisis_tool.runtime.bundle import verify_bundle
-
+                         timing_cache: Path | None = None, calibration: Any = None) -> dict[str, Any]:
+    """Build engines for every graph of a verified bundle and record them in its manifest (written atomically)."""
     bundle = Path(bundle)
-    manifest = verify_bundle(bundle)
+    manifest = Bundle.load(bundle, verify=True).manifest
     trt = import_tensorrt(bundle)
     gpu_name, capability = gpu_info(bundle)
-    precision = precision or manifest["precision"]
-    max_batch = int(max_batch or manifest.get("max_batch", 64))
+    precision = precision or manifest.precision
+    max_batch = int(max_batch or manifest.max_batch)
     timing_cache = Path(timing_cache or default_timing_cache())
-    size = int(manifest["preprocess"]["size"])
-    head_cfg = manifest["model"]["head"]
-    dims = {"L": int(manifest["tokenizer"]["context_length"]), "H": size, "W": size,
-            "D": int(head_cfg["clip_embed_dim"]), "C": int(head_cfg["num_classes"])}
-    fp32 = manifest["graphs"]["fp32"]
-    feeds = calibration_feeds(bundle, manifest) if precision == "int8" else {}
-    entries: dict[str, Any] = {}
+    dims = {**manifest.dims, "L": manifest.tokenizer.context_length}
+    fp32 = manifest.graphs["fp32"]
+    from crisis_tool.export import engine_parity as gate
+    from crisis_tool.runtime.backends.tensorrt_backend import import_cudart
+
+    data, cases = gate.engine_gate_cases(bundle, manifest, calibration, max_batch)
+    cudart = import_cudart()
+    entries: dict[str, EngineEntry] = {}
+    parity: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(dir=bundle) as scratch:
-        for component, spec in GRAPHS.items():
-            source = bundle / fp32[component]["file"]
-            if precision == "int8":
-                qdq = Path(scratch) / f"{component}.qdq.onnx"
-                source = qdq_graph(source, qdq, component, feeds[component])
-            rel = f"{ENGINE_DIR}/{component}.{precision}.engine"
-            info = build_engine(trt, source, spec, dims, precision, max_batch, bundle / rel, timing_cache)
-            entry = {"file": rel, "trt_version": str(trt.__version__), "gpu_name": gpu_name,
-                     "compute_capability": capability, "precision": precision,
-                     "source_graph": fp32[component]["file"], **info}
-            sidecar = bundle / ENGINE_DIR / f"{component}.{precision}.json"
-            sidecar.write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
-            entries[component] = entry
-    manifest.setdefault("engines", {})[precision] = entries
-    finalize_manifest(bundle, manifest)
-    return entries
+        for graph, spec in GRAPHS.items():
+            source, built_as, report = gate.engine_source(graph, bundle / fp32[graph].file, Path(scratch),
+                                                          precision, cases, data.source)
+            rel = engine_file_name(graph, precision)
+            info = build_engine(trt, source, spec, dims, built_as, max_batch, bundle / rel, timing_cache)
+            parity[graph] = {**gate.engine_parity(trt, cudart, graph, bundle / rel, cases, precision, max_batch),
+                             **report}
+            entry = EngineEntry(file=rel, trt_version=str(trt.__version__), gpu_name=gpu_name,
+                                compute_capability=capability, precision=built_as,
+                                source_graph=fp32[graph].file, profile=info["profile"],
+                                fp32_layers=info["fp32_layers"])
+            atomic_write_text(bundle / engine_sidecar_name(graph, precision),
+                              json.dumps(entry.to_dict(), indent=2) + "\n")
+            entries[graph] = entry
+    failed = gate.drop_failed_engines(bundle, {g: [e.file, engine_sidecar_name(g, precision)]
+                                               for g, e in entries.items()}, parity)
+    kept = {graph: entry for graph, entry in entries.items() if graph not in failed}
+    engines = {**manifest.engines, precision: kept} if not failed else {
+        p: e for p, e in manifest.engines.items() if p != precision}
+    replace(manifest, engines=engines, parity={**manifest.parity, f"trt-{precision}": parity}).save(bundle)
+    if failed:
+        raise CrisisToolError(gate.failed_engines_message(bundle, precision, parity, failed))
+    return {graph: {**entry.to_dict(), "parity": parity[graph]} for graph, entry in entries.items()}

@@ -1,123 +1,153 @@
 """Reading and verifying a deployable bundle (written by `crisis_tool.export.bundle_writer`).
 
-A bundle is a directory:
+A bundle is a directory (file names are declared in `crisis_tool.runtime.manifest`):
 
-    manifest.json                 format version, model config, labels, text source, preprocessing,
-                                  tokenizer, graphs per precision, engines, parity report, file hashes
+    manifest.json                 format version, labels, text source, preprocessing, tokenizer, graphs per
+                                  precision, engines, parity report, file hashes (typed: `Manifest`)
+    manifest.sha256               digest of the canonical manifest: no field can change unnoticed
     image_encoder.onnx            pixel_values [B,3,H,W] float32 -> image_embeds [B,D]
     text_encoder.onnx             input_ids [B,L] int64 -> text_embeds [B,D]
     head.onnx                     (image_embeds, text_embeds) -> (logits, probs)
     <graph>.<precision>.onnx      optional int8 / fp16 variants
-    head.safetensors, model_config.json   the fusion head for the torch reference backend
+    head.safetensors, model_config.json   the fusion head and the run config (stored once, here)
     tokenizer/                    CLIP BPE vocabulary
     engines/                      optional TensorRT engines (device specific)
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from crisis_tool.runtime.errors import BundleError
+from crisis_tool.runtime.file_guard import read_capped
+from crisis_tool.runtime.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    MODEL_CONFIG_NAME,
+    EngineEntry,
+    Manifest,
+    resolve_inside,
+    sha256_file,
+)
 
-MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
-COMPONENTS = ("image_encoder", "text_encoder", "head")
+__all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "Bundle", "sha256_file", "verify_bundle"]
 
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_manifest(root: Path) -> dict[str, Any]:
-    """Load `manifest.json`, with a clear error for a missing or unreadable one."""
-    path = Path(root) / MANIFEST_NAME
-    if not path.is_file():
-        raise BundleError(f"{root}: not a bundle (no {MANIFEST_NAME})")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{path}: unreadable manifest ({exc})") from exc
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format {version!r} is not supported (expected {FORMAT_VERSION})")
-    return manifest
+MAX_CONFIG_BYTES = 4 << 20
 
 
-def verify_bundle(root: Path) -> dict[str, Any]:
-    """Check every file listed in the manifest against its size and sha256.
-
-    Returns the manifest; raises `BundleError` naming the first missing or altered file.
-    """
-    root = Path(root)
-    manifest = read_manifest(root)
-    files = manifest.get("files") or {}
-    if not files:
-        raise BundleError(f"{root}: manifest lists no files")
-    for rel, meta in sorted(files.items()):
-        path = root / rel
-        if not path.is_file():
-            raise BundleError(f"{root}: missing file {rel}")
-        if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
-            raise BundleError(f"{root}: file {rel} was altered (sha256 does not match the manifest)")
-    return manifest
+def verify_bundle(root: str | Path) -> Manifest:
+    """Check the manifest's digest and every listed file (size and sha256); returns the manifest."""
+    return Bundle.load(root, verify=True).manifest
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle on disk."""
+    """A bundle on disk and its parsed manifest (verified unless loaded with verify=False)."""
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @classmethod
     def load(cls, root: str | Path, verify: bool = True) -> Bundle:
-        root = Path(root)
-        manifest = verify_bundle(root) if verify else read_manifest(root)
-        return cls(root=root, manifest=manifest)
+        """Parse the manifest; with `verify` also check its digest, every file hash and the run config.
 
+        Without `verify` the manifest is still parsed against its schema and no path may leave the bundle.
+        """
+        root = Path(root)
+        manifest = Manifest.load(root)
+        bundle = cls(root=root, manifest=manifest)
+        if verify:
+            manifest.verify(root)
+            bundle.check_run_config()
+        return bundle
+
+    # ------------------------------------------------------------------ what the manifest says
     @property
     def labels(self) -> list[str]:
-        return list(self.manifest["labels"])
+        return list(self.manifest.labels)
 
     @property
     def text_source(self) -> str:
-        return self.manifest["text_source"]
+        return self.manifest.text_source
 
     @property
     def precision(self) -> str:
         """The precision the bundle was exported for (its default graphs)."""
-        return self.manifest["precision"]
+        return self.manifest.precision
 
     def precisions(self) -> list[str]:
-        return sorted(self.manifest["graphs"])
+        return sorted(self.manifest.graphs)
 
-    def graph_path(self, component: str, precision: str | None = None) -> Path:
-        """Path of an ONNX graph; `precision` defaults to the bundle's own."""
-        precision = precision or self.precision
-        graphs = self.manifest["graphs"].get(precision)
-        if graphs is None:
-            raise BundleError(f"{self.root}: no {precision} graphs (has {', '.join(self.precisions())})")
-        if component not in graphs:
-            raise BundleError(f"{self.root}: no {component} graph for {precision}")
-        return self.root / graphs[component]["file"]
-
-    def engine_entry(self, component: str, precision: str) -> dict[str, Any] | None:
-        """Manifest entry of a TensorRT engine, or None when the bundle has none."""
-        return (self.manifest.get("engines") or {}).get(precision, {}).get(component)
+    @property
+    def dims(self) -> dict[str, int]:
+        """Fixed sizes of the graph table's symbolic dims (H, W, D, C) and the text context length L."""
+        return {**self.manifest.dims, "L": self.manifest.tokenizer.context_length}
 
     @property
     def tokenizer_config(self) -> dict[str, Any]:
-        return self.manifest["tokenizer"]
+        return self.manifest.tokenizer.to_dict()
 
     @property
     def preprocess_config(self) -> dict[str, Any]:
-        return self.manifest["preprocess"]
+        return dict(self.manifest.preprocess)
+
+    # ------------------------------------------------------------------ files
+    def path(self, rel: str) -> Path:
+        """A bundle file by its manifest path, refused when it would leave the bundle."""
+        return resolve_inside(self.root, rel)
+
+    def has_graphs(self, precision: str) -> bool:
+        return precision in self.manifest.graphs
+
+    def graph_path(self, graph: str, precision: str | None = None) -> Path:
+        """Path of an ONNX graph; `precision` defaults to the bundle's own."""
+        precision = precision or self.precision
+        graphs = self.manifest.graphs.get(precision)
+        if graphs is None:
+            raise BundleError(f"{self.root}: no {precision} graphs (has {', '.join(self.precisions())})")
+        if graph not in graphs:
+            raise BundleError(f"{self.root}: no {graph} graph for {precision}")
+        return self.path(graphs[graph].file)
+
+    def graph_path_or_fp32(self, graph: str, precision: str) -> Path:
+        """The variant's graph, or the fp32 one when the variant leaves that graph unquantised."""
+        has = graph in self.manifest.graphs.get(precision, {})
+        return self.graph_path(graph, precision if has else "fp32")
+
+    def engine_entry(self, graph: str, precision: str) -> EngineEntry | None:
+        """Manifest entry of a TensorRT engine, or None when the bundle has none."""
+        return self.manifest.engines.get(precision, {}).get(graph)
+
+    # ------------------------------------------------------------------ the run config (hashed file)
+    def run_config(self) -> dict[str, Any]:
+        """`model_config.json`: the training run's config (head, CLIP, labels, text source, preprocessing)."""
+        path = self.path(MODEL_CONFIG_NAME)
+        try:
+            data = json.loads(read_capped(path, MAX_CONFIG_BYTES).decode("utf-8"))
+        except Exception as exc:  # noqa: BLE001 - missing, FIFO, too large or not JSON: one line
+            raise BundleError(f"{path}: unreadable run config ({exc})") from None
+        if not isinstance(data, dict):
+            raise BundleError(f"{path}: the run config must be a JSON object")
+        return data
+
+    def check_run_config(self) -> None:
+        """BundleError unless labels, text source, preprocessing and dims agree with the hashed run config."""
+        config = self.run_config()
+        m = self.manifest
+        head_entry = config.get("head")
+        head: dict[str, Any] = head_entry if isinstance(head_entry, dict) else {}
+        checks = (
+            ("labels", list(m.labels), config.get("labels")),
+            ("task", m.task, config.get("task")),
+            ("text_source", m.text_source, config.get("text_source")),
+            ("preprocess", m.preprocess, config.get("preprocess")),
+            ("dims.C (classes of the head)", m.dims["C"], head.get("num_classes")),
+            ("dims.D (CLIP embedding width)", m.dims["D"], head.get("clip_embed_dim")),
+        )
+        for name, manifest_value, config_value in checks:
+            if manifest_value != config_value:
+                raise BundleError(f"{self.root}: manifest {name} {manifest_value!r} disagrees with "
+                                  f"{MODEL_CONFIG_NAME} ({config_value!r})")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from crisis_tool.runtime.atomic_files import atomic_output
 from crisis_tool.runtime.errors import UsageError
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -110,9 +111,10 @@ class _Canvas:
             y += 22
 
     def save(self, path: str | Path) -> Path:
+        """Write the PNG atomically (a reader never sees half a chart; a failure leaves the old file)."""
         out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.image.save(out, format="PNG")
+        with atomic_output(out, "wb") as fh:
+            self.image.save(fh, format="PNG")
         return out
 
 
@@ -211,7 +213,8 @@ def bar_chart(groups: Mapping[str, Mapping[str, tuple[float, float]]], path: str
 def _cell_colour(fraction: float) -> tuple[int, int, int]:
     """White -> dark blue."""
     low, high = np.array([247, 251, 255]), np.array([8, 48, 107])
-    return tuple(int(v) for v in np.round(low + (high - low) * fraction))  # type: ignore[return-value]
+    red, green, blue = (int(v) for v in np.round(low + (high - low) * fraction))
+    return red, green, blue
 
 
 def heatmap(matrix: Sequence[Sequence[float]] | np.ndarray, row_labels: Sequence[str],

@@ -6,6 +6,7 @@ an engine built elsewhere must be rebuilt on the target from the bundle's ONNX g
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from crisis_tool.runtime.errors import BundleError
@@ -14,11 +15,11 @@ ENGINE_META_KEYS = ("trt_version", "gpu_name", "compute_capability")
 
 
 def rebuild_command(bundle: str = "BUNDLE_DIR") -> str:
-    return f"crisis-tool export --from-bundle {bundle} --engine trt"
+    return f"crisis-tool export --from-bundle {bundle} --format trt"
 
 
 def check_engine_compat(
-    entry: dict[str, Any],
+    entry: Mapping[str, Any],
     trt_version: str,
     gpu_name: str,
     compute_capability: str,

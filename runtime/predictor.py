@@ -2,17 +2,21 @@
 
 Per batch (up to `max_batch` records): image files are read, hashed (sha256 of the bytes), decoded and
 preprocessed in a small thread pool while the previous batch runs on the backend; texts are composed
-(`compose_text`, the bundle's text source), tokenized with each batch trimmed to its longest sequence and
+(`record_text`, the bundle's text source), tokenized with each batch trimmed to its longest sequence and
 encoded shortest-first; identical images and texts are encoded once (LRU caches of embeddings keyed by
 sha256); the head runs once per batch.
 
 Records that cannot be classified become error predictions, never exceptions:
 * no image (None or "")           -> "record X: no image (field 'image')" (the head needs both modalities)
+* `Record.image` is a path (str) or the image's encoded bytes; both are held to `image_limits` (encoded size,
+  pixels, aspect ratio, decoded bytes; see `image_decode`) and hashed the same way; an error names a path as
+  itself and bytes as "N bytes of image data".
 * text None/empty/whitespace      -> "record X: empty text (field 'text')" (a tweet that cleans to "", e.g.
   only a URL, is still classified); a text longer than the context length is truncated.
 * unreadable/corrupt/oversized image -> "record X: bad image (field 'image', PATH): reason"
-A bundle trained on LLaVA text ("llava", "tweet+llava") given records without `llava_text` uses the tweet
-alone and warns once per Predictor that the accuracy of this mismatch is unknown.
+A bundle trained on LLaVA text ("llava", "tweet+llava") given records without `llava_text` uses the cleaned
+tweet alone, as training does (`record_text`), and warns once per Predictor that the accuracy of this mismatch
+is unknown.
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ import numpy as np
 from crisis_tool.runtime.backends import Backend, create_backend
 from crisis_tool.runtime.batching import EmbeddingCache, RecordQueue
 from crisis_tool.runtime.bundle import Bundle
-from crisis_tool.runtime.preprocess import MAX_PIXELS, PreprocessConfig, load_image, preprocess_image
+from crisis_tool.runtime.file_guard import UnsafeFileError, read_capped
+from crisis_tool.runtime.image_decode import ImageLimits, check_decode_mode
+from crisis_tool.runtime.preprocess import PreprocessConfig, load_preprocessed
+from crisis_tool.runtime.record_text import record_text
 from crisis_tool.runtime.records import Record, RecordError
-from crisis_tool.runtime.text_clean import compose_text
+from crisis_tool.runtime.text_clean import MAX_TEXT_CHARS
 from crisis_tool.runtime.tokenizer import ClipTokenizer
 
 log = logging.getLogger(__name__)
@@ -81,7 +88,8 @@ class Predictor:
         max_batch: int = 32,
         cache_size: int = 4096,
         workers: int | None = None,
-        max_pixels: int = MAX_PIXELS,
+        image_limits: ImageLimits | None = None,
+        decode: str = "exact",
     ) -> None:
         self.bundle = bundle
         self.backend = backend
@@ -90,7 +98,8 @@ class Predictor:
         self.text_source = bundle.text_source
         self.tokenizer = ClipTokenizer.from_config(bundle.tokenizer_config, bundle.root)
         self.preprocess = PreprocessConfig.from_dict(bundle.preprocess_config)
-        self.max_pixels = max_pixels
+        self.image_limits = image_limits or ImageLimits()
+        self.decode_mode = check_decode_mode(decode)
         self.image_cache = EmbeddingCache(cache_size)
         self.text_cache = EmbeddingCache(cache_size)
         self._pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1),
@@ -115,9 +124,8 @@ class Predictor:
         """Load (and verify) a bundle and its backend; `cold_start_s` records how long that took."""
         start = time.perf_counter()
         bundle = Bundle.load(path, verify=verify)
-        extra = {"threads": threads} if threads else {}
-        engine = create_backend(backend, bundle, precision=precision, providers=providers, **extra)
-        limit = getattr(engine, "max_batch", None)  # TensorRT engines have a fixed profile
+        engine = create_backend(backend, bundle, precision=precision, providers=providers, threads=threads)
+        limit = engine.max_batch  # e.g. a TensorRT engine's fixed profile
         predictor = cls(bundle, engine, max_batch=min(max_batch, limit) if limit else max_batch, **options)
         predictor.cold_start_s = time.perf_counter() - start
         return predictor
@@ -143,15 +151,17 @@ class Predictor:
         finally:
             stream.stop()
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+    def close(self, wait: bool = True) -> None:
+        """Stop the decode pool and the backend; `wait=False` (after an error or Ctrl-C) abandons running
+        decodes instead of waiting for them."""
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
         self.backend.close()
 
     def __enter__(self) -> Predictor:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(wait=exc_type is None)
 
     # ---------------------------------------------------------------- pipeline
     def _pipeline(self, take: Callable[[bool], list[Record | RecordError] | None]) -> Iterator[Prediction]:
@@ -186,19 +196,29 @@ class Predictor:
     def _submit(self, items: list[Record | RecordError], timings: dict[str, float]) -> _Batch:
         batch = _Batch(items)
         for i, item in enumerate(items):
-            if isinstance(item, Record) and item.image:
+            if isinstance(item, Record) and item.image is not None and _has_image(item):
                 batch.futures[i] = self._pool.submit(self._load_image, item.image, batch, timings)
         return batch
 
     def _load_image(
-        self, path: str, batch: _Batch, timings: dict[str, float]
+        self, source: str | bytes, batch: _Batch, timings: dict[str, float]
     ) -> tuple[str | None, str | None]:
         """(sha256, None) once the image is decoded or cached, or (None, reason)."""
         start = time.perf_counter()
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            return None, f"cannot read file ({exc.strerror or exc})"
+        max_bytes = self.image_limits.max_bytes
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+            if not data:
+                return None, "empty (0 bytes)"
+            if len(data) > max_bytes:
+                return None, f"{len(data)} bytes, above the limit of {max_bytes} bytes"
+        else:
+            try:
+                data = read_capped(source, max_bytes)
+            except UnsafeFileError as exc:
+                return None, exc.reason
+            if not data:
+                return None, "empty (0 bytes)"
         sha = hashlib.sha256(data).hexdigest()
         cached = self.image_cache.get(sha)
         with batch.lock:
@@ -208,7 +228,7 @@ class Predictor:
                 return sha, None
             batch.claimed.add(sha)
         try:
-            array = preprocess_image(load_image(data, max_pixels=self.max_pixels), self.preprocess)
+            array = load_preprocessed(data, self.preprocess, self.image_limits, self.decode_mode)
             with batch.lock:
                 batch.arrays[sha] = array
         except Exception as exc:  # noqa: BLE001 - any decoder failure is this record's error
@@ -220,16 +240,11 @@ class Predictor:
         return sha, None
 
     def _text_of(self, record: Record) -> str | None:
-        """The composed text, or None when the record has no usable text."""
-        tweet = record.text if record.text and record.text.strip() else None
-        llava = record.llava_text if record.llava_text and record.llava_text.strip() else None
-        source = self.text_source
-        if source != "tweet" and llava is None:
+        """The record's text by the one rule (`record_text`), or None when the record has no usable text."""
+        composed = record_text(record.text, record.llava_text, self.text_source)
+        if composed.caption_missing:
             self._warn_llava()
-            source = "tweet"
-        if (tweet if source == "tweet" else llava) is None:
-            return None
-        return compose_text(tweet, llava, source)
+        return None if composed.empty_input else composed.text
 
     def _warn_llava(self) -> None:
         with self._lock:
@@ -245,10 +260,12 @@ class Predictor:
         out: list[Prediction | None] = [None] * len(batch.items)
         texts: dict[int, str] = {}
         for i, item in enumerate(batch.items):
+            if isinstance(item, Record):
+                _warn_if_cut(item)
             if isinstance(item, Record) and (text := self._text_of(item)) is not None:
                 texts[i] = text
         # Encode the texts while the pool is still decoding this batch's images.
-        wanted = [i for i in texts if batch.items[i].image]
+        wanted = [i for i in texts if _has_image(batch.items[i])]
         encoded = self._text_embeddings([texts[i] for i in wanted], timings) if wanted else []
         text_rows = dict(zip(wanted, encoded, strict=True))
         loaded = {i: future.result() for i, future in batch.futures.items()}  # all decodes done
@@ -258,7 +275,7 @@ class Predictor:
                 out[i] = Prediction.failed(item.id, item.error)
                 continue
             problems = []
-            if not item.image:
+            if not _has_image(item):
                 problems.append("no image (field 'image')")
             if i not in texts:
                 problems.append("empty text (field 'text')")
@@ -266,7 +283,7 @@ class Predictor:
                 sha, reason = loaded[i]
                 reason = reason or (batch.failures.get(sha) if sha else None)
                 if reason:
-                    problems.append(f"bad image (field 'image', {item.image}): {reason}")
+                    problems.append(f"bad image (field 'image', {_image_label(item.image)}): {reason}")
                 else:
                     shas[i] = sha
             if problems:
@@ -276,7 +293,7 @@ class Predictor:
             image_embeds = self._image_embeddings([shas[i] for i in ok], batch, timings)
             text_embeds = np.stack([text_rows[i] for i in ok])
             start = time.perf_counter()
-            _, probs = self.backend.decode(image_embeds, text_embeds)
+            _, probs = self.backend.run_head(image_embeds, text_embeds)
             self._add(timings, "head", start)
             for row, i in enumerate(ok):
                 p = probs[row]
@@ -325,3 +342,23 @@ class Predictor:
                     self.text_cache.put(missing_keys[row], emb)
         return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
 
+
+def _has_image(record: Record | RecordError) -> bool:
+    """True when the record names an image: a non-empty path, or bytes (even empty: that is a bad image)."""
+    image = getattr(record, "image", None)
+    return isinstance(image, (bytes, bytearray, memoryview)) or bool(image)
+
+
+def _image_label(image: str | bytes | None) -> str:
+    """How an error names the image: its path, or the size of the bytes given."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return f"{len(image)} bytes of image data"
+    return str(image)
+
+
+def _warn_if_cut(record: Record) -> None:
+    """Log that a text field above MAX_TEXT_CHARS is read only in part (text cleaning cuts it)."""
+    for name, value in (("text", record.text), ("llava_text", record.llava_text)):
+        if value is not None and len(value) > MAX_TEXT_CHARS:
+            log.warning("record %s: field '%s' has %d characters; only the first %d are used",
+                        record.id, name, len(value), MAX_TEXT_CHARS)

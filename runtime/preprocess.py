@@ -9,32 +9,40 @@ torchvision ``Resize(size, bicubic)`` of the shortest side on a PIL image (outpu
 One intended difference: open_clip converts to RGB *after* resizing; we convert when loading, before
 resizing (see `to_rgb`), so RGBA / palette / CMYK / 16-bit images are resampled as the RGB picture a person
 sees. For RGB images (the CrisisMMD photos) the two are identical.
+
+Decoding (`load_image`, `ImageLimits`, `to_rgb`) lives in `image_decode`, which bounds the work an untrusted
+image may cost; it is re-exported here.
 """
 
 from __future__ import annotations
 
-import io
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from crisis_tool.runtime.errors import DataError, UsageError
+from crisis_tool.runtime.errors import UsageError
+from crisis_tool.runtime.image_decode import (
+    MAX_ASPECT_RATIO,
+    MAX_PIXELS,
+    ImageLimits,
+    ImageLoadError,
+    ImageSource,
+    check_decode_mode,
+    load_image,
+    to_rgb,
+)
 
-MAX_PIXELS = 64_000_000  # 64 megapixels: refuse anything larger before decoding it
+__all__ = [
+    "MAX_PIXELS", "ImageLimits", "ImageLoadError", "ImageSource", "PreprocessConfig", "load_image",
+    "load_preprocessed", "preprocess_image", "to_rgb",
+]
+
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 RESIZE_MODES = ("shortest", "squash")
 CROPS = ("center",)
-
-ImageSource = str | Path | bytes | bytearray | memoryview | Image.Image
-
-
-class ImageLoadError(DataError):
-    """An image file is missing, empty, not an image, corrupt, truncated or too large."""
 
 
 @dataclass(frozen=True)
@@ -85,105 +93,6 @@ class PreprocessConfig:
         return cls(**data)
 
 
-def _label(source: ImageSource) -> str:
-    return f"image file {source}" if isinstance(source, (str, Path)) else "image data"
-
-
-def _scale_to_uint8(arr: np.ndarray, assume_16bit: bool) -> np.ndarray:
-    """Map integer or float pixel values to 0..255 by scaling (never by clipping)."""
-    arr = arr.astype(np.float64)
-    finite = np.isfinite(arr)
-    lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 0.0)
-    if assume_16bit and lo >= 0 and hi <= 65535:
-        scaled = arr * (255.0 / 65535.0)
-    elif not assume_16bit and lo >= 0 and hi <= 1.0:
-        scaled = arr * 255.0
-    elif hi > lo:
-        scaled = (arr - lo) * (255.0 / (hi - lo))
-    else:
-        scaled = np.zeros_like(arr)
-    return np.clip(np.round(np.where(finite, scaled, 0.0)), 0, 255).astype(np.uint8)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to RGB.
-
-    - 16/32-bit integer ("I;16*", "I"): values 0..65535 scale as round(v * 255 / 65535); other ranges are
-      stretched min..max. 32-bit float ("F"): 0..1 scales by 255, other ranges are stretched min..max.
-    - Alpha ("RGBA", "LA", "PA", palette transparency) is dropped exactly as ``img.convert("RGB")`` drops it:
-      the colour channels are kept as stored, nothing is composited onto a background.
-    - "P" with transparency goes through RGBA (same colours, no Pillow warning); "CMYK", "L", "1", "YCbCr"
-      and the rest use Pillow's ``convert("RGB")``.
-    """
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode.startswith("I"):
-        gray = _scale_to_uint8(np.asarray(img), assume_16bit=True)
-        return Image.fromarray(gray, "L").convert("RGB")
-    if mode == "F":
-        return Image.fromarray(_scale_to_uint8(np.asarray(img), assume_16bit=False), "L").convert("RGB")
-    if mode == "PA" or (mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-    try:
-        return img.convert("RGB")
-    except ValueError as exc:
-        raise ImageLoadError(f"image mode {mode} cannot be converted to RGB ({exc})") from exc
-
-
-def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open, fully decode and return an RGB image; ImageLoadError with one clear line on any problem.
-
-    EXIF orientation is applied (ImageOps.exif_transpose); animated images give their first frame;
-    images with more than `max_pixels` pixels are refused from their header, before decoding.
-    A PIL image is taken as given (already decoded and oriented) and only converted to RGB.
-    """
-    if isinstance(source, Image.Image):
-        return to_rgb(source)
-    label = _label(source)
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.exists():
-            raise ImageLoadError(f"{label} not found")
-        if not path.is_file():
-            raise ImageLoadError(f"{label} is not a file")
-        if path.stat().st_size == 0:
-            raise ImageLoadError(f"{label} is empty (0 bytes)")
-        opener: Any = path
-    else:
-        if len(source) == 0:
-            raise ImageLoadError(f"{label} is empty (0 bytes)")
-        opener = io.BytesIO(bytes(source))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(opener) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    pixels = width * height
-                    raise ImageLoadError(
-                        f"{label} is {width}x{height} = {pixels} pixels, above the limit of {max_pixels}"
-                    )
-                if getattr(img, "n_frames", 1) > 1:
-                    img.seek(0)
-                img.load()
-                try:
-                    oriented = ImageOps.exif_transpose(img)
-                except Exception:  # unreadable EXIF: keep the pixels as stored
-                    oriented = img.copy()
-                return to_rgb(oriented if oriented is not None else img.copy())
-    except ImageLoadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(f"{label} is too large to decode safely ({exc})") from exc
-    except PermissionError as exc:
-        raise ImageLoadError(f"{label} cannot be read (permission denied)") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageLoadError(f"{label} is not a recognised image format") from exc
-    except Exception as exc:  # decoder errors: truncated or corrupt data
-        raise ImageLoadError(f"{label} is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
-
-
 def _resized_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
     """torchvision's _compute_resized_output_size for an int size (shortest) or (size, size) (squash)."""
     if cfg.resize_mode == "squash":
@@ -213,8 +122,13 @@ def _center_crop(img: Image.Image, size: int) -> Image.Image:
 def preprocess_image(img: Image.Image, cfg: PreprocessConfig | None = None) -> np.ndarray:
     """One PIL image -> normalised float32 [3, size, size], identical to OpenCLIP's eval transform."""
     cfg = cfg or PreprocessConfig()
-    img = to_rgb(img)
     new_size = _resized_size(img.width, img.height, cfg)
+    if new_size[0] * new_size[1] > cfg.size * cfg.size * MAX_ASPECT_RATIO:
+        raise ImageLoadError(
+            f"image {img.width}x{img.height} would resize to {new_size[0]}x{new_size[1]}, an aspect ratio above "
+            f"{MAX_ASPECT_RATIO:g}:1"
+        )
+    img = to_rgb(img)
     if new_size != img.size:
         img = img.resize(new_size, INTERPOLATIONS[cfg.interpolation])
     img = _center_crop(img, cfg.size)
@@ -224,24 +138,15 @@ def preprocess_image(img: Image.Image, cfg: PreprocessConfig | None = None) -> n
     return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1), dtype=np.float32)
 
 
-def preprocess_batch(images: Sequence[ImageSource], cfg: PreprocessConfig | None = None,
-                     max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """PIL images, paths or encoded bytes -> float32 [B, 3, size, size]."""
+def load_preprocessed(
+    source: ImageSource, cfg: PreprocessConfig | None = None, limits: ImageLimits | None = None,
+    decode: str = "exact",
+) -> np.ndarray:
+    """Decode `source` within `limits` and preprocess it -> float32 [3, size, size].
+
+    `decode="fast"` lets JPEGs decode at a reduced scale keeping both sides >= 2 x the model's input size, then
+    runs the same exact resize; "exact" (the default, and what training uses) decodes at full size.
+    """
     cfg = cfg or PreprocessConfig()
-    if len(images) == 0:
-        return np.zeros((0, 3, cfg.size, cfg.size), dtype=np.float32)
-    return np.stack([preprocess_image(load_image(image, max_pixels), cfg) for image in images])
-
-
-class ImagePreprocessor:
-    """Callable: a path, bytes or PIL image -> float32 [3, size, size]; `.batch(sources)` -> [B, 3, ...]."""
-
-    def __init__(self, cfg: PreprocessConfig | None = None, max_pixels: int = MAX_PIXELS) -> None:
-        self.cfg = cfg or PreprocessConfig()
-        self.max_pixels = max_pixels
-
-    def __call__(self, source: ImageSource) -> np.ndarray:
-        return preprocess_image(load_image(source, self.max_pixels), self.cfg)
-
-    def batch(self, sources: Sequence[ImageSource]) -> np.ndarray:
-        return preprocess_batch(sources, self.cfg, self.max_pixels)
+    reduce_to = 2 * cfg.size if check_decode_mode(decode) == "fast" else None
+    return preprocess_image(load_image(source, limits, reduce_to=reduce_to), cfg)

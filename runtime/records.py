@@ -21,6 +21,8 @@ Sources (`read_records` dispatches on them):
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -28,21 +30,28 @@ from pathlib import Path
 from typing import BinaryIO
 
 from crisis_tool.runtime.errors import DataError, UsageError
+from crisis_tool.runtime.file_guard import UnsafeFileError, file_kind, read_capped
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
 TSV_REQUIRED = ("tweet_id", "image_id", "tweet_text", "image")
 LLAVA_COLUMNS = ("LLaVA_text", "llava_text")
+MAX_TEXT_FILE_BYTES = 1024 * 1024  # a folder's same-stem .txt: far more than any tweet
+_BOM = b"\xef\xbb\xbf"
 _TSV_ROOT_HINT = "{path}: a TSV input needs --image-root (the CrisisMMD folder holding data_image/)"
 
 
 @dataclass(frozen=True)
 class Record:
-    """One tweet-image pair to classify. `line_no` is the 1-based line (or file index) in `source`."""
+    """One tweet-image pair to classify. `line_no` is the 1-based line (or file index) in `source`.
+
+    `image` is a path (str) or the image's encoded bytes (e.g. from an HTTP request; never a server path).
+    The readers below always give paths.
+    """
 
     id: str
     text: str | None
-    image: str | None
+    image: str | bytes | None
     llava_text: str | None = None
     line_no: int = 0
     source: str = ""
@@ -140,6 +149,8 @@ def iter_jsonl_stream(
     """Records of a binary JSONL stream, read lazily (works for stdin)."""
     guard = _DuplicateGuard()
     for line_no, raw in enumerate(stream, start=1):
+        if line_no == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM) :]  # a UTF-8 byte order mark, as Windows editors write it
         item = parse_jsonl_line(raw, line_no, source, image_base)
         if item is not None:
             yield guard(item)
@@ -153,10 +164,40 @@ def read_jsonl(path: str | Path, image_root: str | Path | None = None) -> Iterat
         yield from iter_jsonl_stream(fh, str(path), base)
 
 
+def _fd_lines(fd: int, chunk: int = 1 << 16) -> Iterator[bytes]:
+    """Lines of file descriptor `fd` as they arrive, read with os.read.
+
+    Not through `sys.stdin.buffer`: a reader thread blocked in its readline holds the buffer's lock, and Python
+    aborts at exit ("could not acquire lock for <stdin>") when Ctrl-C ends a run whose stdin is still open.
+    """
+    parts: list[bytes] = []
+    while block := os.read(fd, chunk):
+        if b"\n" not in block:
+            parts.append(block)
+            continue
+        first, *middle, last = block.split(b"\n")
+        yield b"".join([*parts, first, b"\n"])
+        for line in middle:
+            yield line + b"\n"
+        parts = [last] if last else []
+    if parts:
+        yield b"".join(parts)
+
+
+def _stdin_lines() -> Iterator[bytes]:
+    """stdin's lines: from its descriptor when it has one, else (a test's stand-in) from its buffer."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield from iter(sys.stdin.buffer.readline, b"")
+        return
+    yield from _fd_lines(fd)
+
+
 def read_stdin(image_root: str | Path | None = None) -> Iterator[Item]:
     """Records of JSONL on stdin, one line at a time as it arrives."""
     base = Path(image_root) if image_root is not None else Path.cwd()
-    yield from iter_jsonl_stream(iter(sys.stdin.buffer.readline, b""), "<stdin>", base)
+    yield from iter_jsonl_stream(_stdin_lines(), "<stdin>", base)
 
 
 def _tsv_header(raw: bytes, path: Path) -> list[str]:
@@ -219,25 +260,62 @@ def read_tsv(path: str | Path, image_root: str | Path | None) -> Iterator[Item]:
             )
 
 
+def _entry_problem(path: Path) -> str | None:
+    """Why a folder entry cannot be read as a file (following links), or None for a regular file."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a dangling symbolic link" if path.is_symlink() else "no such file"
+    except OSError as exc:
+        return f"cannot be inspected ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    return f"{file_kind(mode)}, not a regular file"
+
+
+def _folder_text(text_file: Path, rid: str, index: int, source: str) -> str | None | RecordError:
+    """The same-stem .txt of a folder image: its text, None when absent, or this record's error."""
+    if not text_file.is_symlink() and not text_file.exists():
+        return None
+    try:
+        return read_capped(text_file, MAX_TEXT_FILE_BYTES).decode("utf-8")
+    except UnicodeDecodeError:
+        return RecordError(rid, f"record {rid}: {text_file.name} is not valid UTF-8 (field 'text')", index, source)
+    except UnsafeFileError as exc:
+        return RecordError(rid, f"record {rid}: cannot read {text_file.name} (field 'text'): {exc.reason}",
+                           index, source)
+
+
 def read_folder(path: str | Path) -> Iterator[Item]:
-    """Images of a folder (sorted by name); text from a same-stem .txt file when present."""
+    """Images of a folder (sorted by name); text from a same-stem .txt file when present.
+
+    Sub-folders and regular files that are neither images nor their .txt are skipped. Every other entry that
+    cannot be read as a file (a FIFO, a device, a socket, a dangling or looping link) gives an error record.
+    """
     path = Path(path)
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    for index, image in enumerate(files, start=1):
-        text_file = image.with_suffix(".txt")
-        text: str | None = None
-        if text_file.is_file():
-            try:
-                text = text_file.read_bytes().decode("utf-8")
-            except UnicodeDecodeError:
-                yield RecordError(image.name, f"record {image.name}: {text_file.name} is not valid UTF-8",
-                                  index, str(path))
-                continue
-            except OSError as exc:
-                yield RecordError(image.name, f"record {image.name}: cannot read {text_file.name} ({exc})",
-                                  index, str(path))
-                continue
-        yield Record(image.name, text, str(image), None, index, str(path))
+    source = str(path)
+    entries = sorted(path.iterdir())
+    images = {e.stem for e in entries if e.suffix.lower() in IMAGE_SUFFIXES}
+    index = 0
+    for entry in entries:
+        is_image = entry.suffix.lower() in IMAGE_SUFFIXES
+        if not is_image and entry.suffix.lower() == ".txt" and entry.stem in images:
+            continue  # read with its image
+        if not is_image and (entry.is_dir() or entry.is_file()):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            continue
+        index += 1
+        problem = _entry_problem(entry)
+        if problem is not None:
+            yield RecordError(entry.name, f"record {entry.name}: bad image (field 'image', {entry}): {problem}",
+                              index, source)
+            continue
+        text = _folder_text(entry.with_suffix(".txt"), entry.name, index, source)
+        if isinstance(text, RecordError):
+            yield text
+            continue
+        yield Record(entry.name, text, str(entry), None, index, source)
 
 
 def read_records(source: str | Path, image_root: str | Path | None = None) -> Iterator[Item]:

@@ -2,6 +2,9 @@
 
 `clean_tweet` applies, in order:
 
+0. A cap: only the first `MAX_TEXT_CHARS` (16384) characters are read. CLIP keeps 77 tokens, so no tweet or
+   caption needs more than a few hundred; the cap bounds the cost of a hostile 10 MB "tweet" (the Predictor logs
+   a warning naming each record it cut).
 1. ftfy repair of mojibake ("Weâ€™re" -> "We’re"); curly quotes are kept as they are (uncurl_quotes=False),
    the CLIP tokenizer normalises them later anyway.
 2. URL removal: only the URL token itself (``http://...``, ``https://...``, ``www....``), up to the next
@@ -23,6 +26,7 @@ import ftfy
 from crisis_tool.runtime.errors import UsageError
 
 TEXT_SOURCES: tuple[str, ...] = ("tweet", "llava", "tweet+llava")
+MAX_TEXT_CHARS = 16384
 
 _URL_RE = re.compile(r"(?:https?://|(?<![\w.@/])www\.)\S*", re.IGNORECASE)
 _RT_RE = re.compile(r"^RT(?::|(?=\s)|$)")
@@ -32,7 +36,7 @@ def clean_tweet(text: str | None) -> str:
     """Return `text` repaired and cleaned (see the module docstring); None or empty gives ""."""
     if not text:
         return ""
-    text = ftfy.fix_text(str(text), uncurl_quotes=False)
+    text = ftfy.fix_text(str(text)[:MAX_TEXT_CHARS], uncurl_quotes=False)
     text = _URL_RE.sub(" ", text)
     text = " ".join(text.split())
     text = _RT_RE.sub("", text)

@@ -6,6 +6,11 @@ CLIP's regex -> UTF-8 bytes mapped to printable characters -> BPE merges -> ids;
 ``[sot] + ids + [eot]``, zero padded to `context_length`; longer sequences are cut to `context_length`
 with the last token forced to eot. As in open_clip, the literal strings "<start_of_text>" and
 "<end_of_text>" inside a text map to the special ids.
+
+Bounded cost on hostile text (open_clip has neither bound): only the first `MAX_TEXT_CHARS` (16384) characters
+of a text are read, tokenizing stops once `context_length` ids are known, and a pre-token (a run of letters or
+of punctuation) longer than `MAX_WORD_CHARS` (64) is split into chunks of that length before BPE, whose cost
+grows with the square of a word's length. Only such words, which no language has, get ids unlike open_clip's.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ import numpy as np
 import regex
 
 from crisis_tool.runtime.errors import BundleError, CrisisToolError, UsageError
+from crisis_tool.runtime.text_clean import MAX_TEXT_CHARS
 
 SOT_TOKEN = "<start_of_text>"
 EOT_TOKEN = "<end_of_text>"
 VOCAB_SIZE = 49408  # 256 bytes + 256 "</w>" bytes + 48894 merges + 2 special tokens
 _NUM_MERGES = 49152 - 256 - 2
 _CACHE_LIMIT = 200_000  # words; the cache is cleared when it grows past this
+MAX_WORD_CHARS = 64  # longer pre-tokens are split into chunks of this many characters before BPE
 
 _PATTERN = regex.compile(
     regex.escape(SOT_TOKEN) + "|" + regex.escape(EOT_TOKEN)
@@ -93,7 +100,7 @@ class ClipTokenizer:
         self._encoder, self._ranks = _load_vocab(str(path.resolve()), path.stat().st_mtime_ns)
         self._byte_encoder = bytes_to_unicode()
         self._specials = {SOT_TOKEN: SOT_TOKEN, EOT_TOKEN: EOT_TOKEN}
-        self._cache: dict[str, tuple[int, ...]] = {}
+        self._cache: dict[tuple[str, bool], tuple[int, ...]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -101,8 +108,8 @@ class ClipTokenizer:
         """Build from a bundle manifest's tokenizer section; BundleError unless the vocab matches it."""
         try:
             vocab_file = Path(root) / str(config["vocab_file"])
-            context_length = int(config["context_length"])  # type: ignore[arg-type]
-            sot, eot = int(config["sot_token_id"]), int(config["eot_token_id"])  # type: ignore[arg-type]
+            context_length = int(str(config["context_length"]))
+            sot, eot = int(str(config["sot_token_id"])), int(str(config["eot_token_id"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"bundle tokenizer config is incomplete or malformed: {exc!r}") from exc
         try:
@@ -136,24 +143,25 @@ class ClipTokenizer:
     def vocab_size(self) -> int:
         return len(self._encoder)
 
-    def _bpe(self, token: str) -> tuple[int, ...]:
-        """Ids of one pre-token (already byte-mapped), cached."""
+    def _bpe(self, token: str, end_of_word: bool = True) -> tuple[int, ...]:
+        """Ids of one pre-token (already byte-mapped), cached; `end_of_word` False for a chunk of a long word."""
+        key = (token, end_of_word)
         with self._lock:
-            hit = self._cache.get(token)
+            hit = self._cache.get(key)
         if hit is not None:
             return hit
         if token in self._specials:
             ids: tuple[int, ...] = (self._encoder[token],)
         else:
-            ids = tuple(self._encoder[piece] for piece in self._merge(token))
+            ids = tuple(self._encoder[piece] for piece in self._merge(token, end_of_word))
         with self._lock:
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
-            self._cache[token] = ids
+            self._cache[key] = ids
         return ids
 
-    def _merge(self, token: str) -> tuple[str, ...]:
-        word = tuple(token[:-1]) + (token[-1] + "</w>",)
+    def _merge(self, token: str, end_of_word: bool = True) -> tuple[str, ...]:
+        word = tuple(token[:-1]) + (token[-1] + "</w>",) if end_of_word else tuple(token)
         ranks = self._ranks
         while len(word) > 1:
             pairs = set(zip(word[:-1], word[1:], strict=True))
@@ -173,12 +181,18 @@ class ClipTokenizer:
             word = tuple(merged)
         return word
 
-    def encode(self, text: str) -> list[int]:
-        """BPE ids of `text` without sot/eot and without truncation."""
+    def encode(self, text: str, limit: int | None = None) -> list[int]:
+        """BPE ids of `text` without sot/eot; with `limit`, stops once at least that many ids are known."""
         ids: list[int] = []
         byte_encoder = self._byte_encoder
-        for piece in _PATTERN.findall(clean_for_clip(text)):
-            ids.extend(self._bpe("".join(byte_encoder[b] for b in piece.encode("utf-8"))))
+        for match in _PATTERN.finditer(clean_for_clip(text[:MAX_TEXT_CHARS])):
+            piece = match.group()
+            chunks = [piece[i : i + MAX_WORD_CHARS] for i in range(0, len(piece), MAX_WORD_CHARS)]
+            for n, chunk in enumerate(chunks, start=1):
+                mapped = "".join(byte_encoder[b] for b in chunk.encode("utf-8"))
+                ids.extend(self._bpe(mapped, end_of_word=n == len(chunks)))
+                if limit is not None and len(ids) >= limit:
+                    return ids
         return ids
 
     def _sequences(self, texts: Sequence[str] | str) -> list[list[int]]:
@@ -186,7 +200,7 @@ class ClipTokenizer:
             texts = [texts]
         out = []
         for text in texts:
-            seq = [self.sot_token_id, *self.encode(text), self.eot_token_id]
+            seq = [self.sot_token_id, *self.encode(text, limit=self._context_length), self.eot_token_id]
             if len(seq) > self._context_length:
                 seq = seq[: self._context_length]
                 seq[-1] = self.eot_token_id

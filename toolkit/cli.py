@@ -15,6 +15,7 @@ import warnings
 import typer
 
 from crisis_tool.runtime.errors import CrisisToolError
+from crisis_tool.runtime.interrupts import EXIT_INTERRUPTED, report_interrupt
 
 COMMAND_MODULES = (
     "data_cmds",
@@ -25,6 +26,7 @@ COMMAND_MODULES = (
     "caption_cmd",
     "reproduce_cmd",
     "demo_cmd",
+    "serve_cmds",
 )
 
 app = typer.Typer(
@@ -55,14 +57,26 @@ def run(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="crisis-tool")
     except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED and _caused_by_interrupt(exc):  # Typer turns Ctrl-C into a silent 130
+            report_interrupt()
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except CrisisToolError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        report_interrupt()
+        return EXIT_INTERRUPTED
     return 0
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """True when a KeyboardInterrupt is among the causes/contexts of `exc`."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ def evaluate_run(model: Path, data: Path, split: str = "test", llava_file: Path 
     llava = read_llava_file(llava_file) if llava_file else None
     splits = run.config.get("data", {}).get("splits", "settingA")
     examples = load_split(data, task, split, splits)
-    enc = FeatureCache(cache_dir, clip).encode_split(data, examples, run.config["text_source"], llava,
-                                                     run.labels, skip_bad)
+    cache = FeatureCache(cache_dir, clip, log=log)
+    enc = cache.encode_split(data, examples, run.config["text_source"], llava, run.labels, skip_bad)
     report_data_issues(split, enc, run.config["text_source"], log)
     report = evaluate_head(run.head, enc, run.labels)
     report.update(split=split, task=task.name, model=str(model), skipped_images=len(enc.bad_images))

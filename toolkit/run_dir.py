@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from crisis_tool.models.heads import HeadConfig, build_head
+from crisis_tool.runtime.atomic_files import atomic_write_bytes, atomic_write_text
 from crisis_tool.runtime.errors import UsageError
 
 WEIGHTS_NAME = "model.safetensors"
@@ -37,15 +38,15 @@ class RunDir:
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def save_run(path: Path, head: torch.nn.Module, config: dict[str, Any], metrics: dict[str, Any]) -> None:
-    """Write a run dir (weights as safetensors, config and metrics as JSON)."""
+    """Write a run dir (weights as safetensors, config and metrics as JSON), each file atomically."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    save_file(state, str(path / WEIGHTS_NAME))
+    atomic_write_bytes(path / WEIGHTS_NAME, save(state))
     write_json(path / CONFIG_NAME, config)
     write_json(path / METRICS_NAME, metrics)
 
@@ -58,10 +59,20 @@ def load_run(path: str | Path) -> RunDir:
             raise UsageError(f"{path}: not a run dir (missing {name}); train one with `crisis-tool train`")
     try:
         config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
-        head = build_head(HeadConfig.from_dict(config["head"]))
+        head_config = HeadConfig.from_dict(config["head"])
+        labels = config["labels"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{path}: run dir is inconsistent ({exc})") from None
+    if not isinstance(labels, list) or len(labels) != head_config.num_classes:
+        count = len(labels) if isinstance(labels, list) else labels
+        raise UsageError(f"{path}: run dir is inconsistent: {count} labels but the head has "
+                         f"{head_config.num_classes} classes")
+    head = build_head(head_config)
+    try:
         head.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
-    except (KeyError, ValueError, RuntimeError) as exc:
-        raise UsageError(f"{path}: run dir is inconsistent ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for a corrupt file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path / WEIGHTS_NAME}: cannot load the head weights ({first})") from None
     metrics_path = path / METRICS_NAME
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     return RunDir(path=path, head=head.eval(), config=config, metrics=metrics)

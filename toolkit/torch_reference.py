@@ -1,60 +1,83 @@
 """The PyTorch reference backend: the original OpenCLIP encoders and the trained head, eager, fp32.
 
-Implements the runtime Backend protocol (encode_image, encode_text, decode) so that `bench` and the parity
-tests can put it next to the ONNX Runtime and TensorRT backends. Text ids may be trimmed (B x L, L <= 77);
-they are zero padded back to the context length and fed to `encode_text` exactly as at training time.
+A `Backend` like the ONNX Runtime and TensorRT ones, so that `bench`, `predict` and the parity gates can put it
+next to them. It plugs into the runtime's registry through the `crisis_tool.backends` entry point (the runtime
+never names this module). Text ids may be trimmed (B x L, L <= 77); they are zero padded back to the context
+length and fed to `encode_text` exactly as at training time.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from crisis_tool.runtime.backends.base import Backend, reject_options
 from crisis_tool.runtime.bundle import Bundle
-from crisis_tool.runtime.errors import UsageError
-
-MODEL_CONFIG_NAME = "model_config.json"
-HEAD_WEIGHTS_NAME = "head.safetensors"
+from crisis_tool.runtime.errors import BundleError, UsageError
+from crisis_tool.runtime.manifest import HEAD_WEIGHTS_NAME, MODEL_CONFIG_NAME
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     """Eager PyTorch CLIP + head; numpy in, numpy out."""
 
     name = "torch"
     precision = "fp32"
 
     def __init__(
-        self, clip_model: nn.Module, head: nn.Module, context_length: int = 77, device: str = "cpu"
+        self, clip_model: nn.Module, head: nn.Module, context_length: int = 77, device: str = "cpu",
+        files: list[Path] | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.clip_model = clip_model.to(self.device).eval()
         self.head = head.to(self.device).eval()
         self.context_length = int(context_length)
         self.provider = f"torch-{self.device.type}"
+        self._files = list(files or [])
 
     @classmethod
-    def from_bundle(cls, bundle: str | Path | Bundle, precision: str | None = None,
-                    providers: list[str] | None = None, device: str = "cpu") -> TorchBackend:
-        """Rebuild the reference from a bundle's model_config.json + head.safetensors and its CLIP weights."""
+    def from_bundle(cls, bundle: Bundle, precision: str | None = None, threads: int | None = None,
+                    device: str | None = None, **options: Any) -> TorchBackend:
+        """Rebuild the reference from a bundle's model_config.json + head.safetensors and its CLIP weights.
+
+        `device` defaults to CUDA when torch sees a GPU; `threads` sets torch's intra-op threads.
+        """
         from crisis_tool.clip_loader import load_recorded_clip
         from crisis_tool.models.heads import HeadConfig, build_head
 
-        if precision not in (None, "fp32") or providers:
-            raise UsageError("the torch reference backend runs fp32 only and takes no --providers")
-        bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        config = json.loads((bundle.root / MODEL_CONFIG_NAME).read_text(encoding="utf-8"))
+        if options.get("providers"):
+            raise UsageError("the torch reference backend takes no --providers")
+        reject_options(cls.name, {k: v for k, v in options.items() if k != "providers"})
+        if precision not in (None, "fp32"):
+            raise UsageError("the torch reference backend runs fp32 only")
+        if threads:
+            torch.set_num_threads(int(threads))
+        config = bundle.run_config()
         clip = load_recorded_clip(config["clip"], bundle.root)
         head = build_head(HeadConfig.from_dict(config["head"]))
-        head.load_state_dict(load_file(str(bundle.root / HEAD_WEIGHTS_NAME)))
-        return cls(clip.model, head, clip.context_length, device)
+        weights = bundle.path(HEAD_WEIGHTS_NAME)
+        try:
+            head.load_state_dict(load_file(str(weights)))
+        except Exception as exc:  # noqa: BLE001 - corrupt or mismatched safetensors: one line
+            raise BundleError(f"{weights}: cannot load the head weights ({str(exc).splitlines()[0]})") from None
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(clip.model, head, clip.context_length, device,
+                   files=[weights, bundle.path(MODEL_CONFIG_NAME)])
+
+    def files(self) -> list[Path]:
+        """The bundle files it runs (the CLIP weights come from the machine's cache, not the bundle)."""
+        return list(self._files)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @torch.no_grad()
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -68,10 +91,7 @@ class TorchBackend:
         return self.clip_model.encode_text(self._tensor(ids)).float().cpu().numpy()
 
     @torch.no_grad()
-    def decode(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         image = self._tensor(image_embeds.astype(np.float32, copy=False))
         logits = self.head(image, self._tensor(text_embeds.astype(np.float32, copy=False)))
         return logits.cpu().numpy(), torch.softmax(logits, dim=-1).cpu().numpy()
-
-    def close(self) -> None:
-        """Nothing to release (the protocol's hook for backends that hold device memory)."""

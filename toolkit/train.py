@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,28 +22,10 @@ from crisis_tool.features import EncodedSplit, FeatureCache
 from crisis_tool.metrics import classification_report
 from crisis_tool.models.heads import HeadConfig, build_head
 from crisis_tool.run_dir import save_run
+from crisis_tool.runtime.atomic_files import check_writable_dir
 from crisis_tool.runtime.errors import UsageError
 from crisis_tool.runtime.text_clean import TEXT_SOURCES
-
-DEFAULT_CACHE = Path.home() / ".cache" / "crisis-tool" / "features"
-
-
-@dataclass
-class TrainOptions:
-    """Hyper-parameters and data options of one training run."""
-
-    head: str = "guided-diff"
-    modality: str = "both"
-    text_source: str = "tweet"
-    optimizer: str = "sgd"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    epochs: int = 50
-    early_stop: int = 10
-    seed: int = 0
-    skip_bad: bool = False
-    splits: str = "settingA"
+from crisis_tool.train_options import DEFAULT_CACHE, DEFAULT_CLIP_MODEL, DEFAULT_PRETRAINED, TrainOptions
 
 
 def seed_everything(seed: int) -> None:
@@ -104,8 +85,9 @@ def fit_head(cfg: HeadConfig, train: EncodedSplit, dev: EncodedSplit, classes: l
             optim.step()
             total += loss.item() * len(idx)
         dev_report = evaluate_head(head, dev, classes)
+        lr = optim.param_groups[0]["lr"]  # the rate this epoch trained with
         sched.step(dev_report["loss"])
-        history.append({"epoch": epoch, "train_loss": total / max(len(y), 1), "dev_loss": dev_report["loss"],
+        history.append({"epoch": epoch, "lr": lr, "train_loss": total / max(len(y), 1), "dev_loss": dev_report["loss"],
                         "dev_accuracy": dev_report["accuracy"], "dev_macro_f1": dev_report["macro_f1"]})
         log(f"epoch {epoch:3d}  train loss {history[-1]['train_loss']:.4f}  dev loss {dev_report['loss']:.4f}  "
             f"dev acc {dev_report['accuracy']:.4f}  dev macro-F1 {dev_report['macro_f1']:.4f}")
@@ -120,15 +102,17 @@ def fit_head(cfg: HeadConfig, train: EncodedSplit, dev: EncodedSplit, classes: l
     return head.eval(), history
 
 
-def train(data: Path, task: TaskSpec, out: Path, opts: TrainOptions, clip_model: str = "ViT-B-32",
-          pretrained: str = "openai", llava_file: Path | None = None, cache_dir: Path = DEFAULT_CACHE,
+def train(data: Path, task: TaskSpec, out: Path, opts: TrainOptions, clip_model: str = DEFAULT_CLIP_MODEL,
+          pretrained: str = DEFAULT_PRETRAINED, llava_file: Path | None = None, cache_dir: Path = DEFAULT_CACHE,
           log=print) -> dict:
     """Encode (cached) and train; writes the run dir and returns its metrics."""
     if opts.text_source not in TEXT_SOURCES:
         raise UsageError(f"unknown --text {opts.text_source!r} (choose from {', '.join(TEXT_SOURCES)})")
+    check_writable_dir(out, "--out")  # fail now, not after the last epoch
+    check_writable_dir(cache_dir, "--cache-dir")
     clip = load_clip(clip_model, pretrained)
     llava = read_llava_file(llava_file) if llava_file else None
-    cache = FeatureCache(cache_dir, clip)
+    cache = FeatureCache(cache_dir, clip, log=log)
     classes = list(task.classes)
     encoded = {}
     for split in ("train", "dev"):
@@ -159,4 +143,5 @@ def report_data_issues(split: str, enc: EncodedSplit, text_source: str, log=prin
         log(f"{split}: skipped {len(enc.bad_images)} rows with missing or unreadable images "
             f"(first: {enc.bad_images[0][0]})")
     if enc.missing_llava:
-        log(f"{split}: {enc.missing_llava} rows have no LLaVA text; text source {text_source} uses the tweet alone")
+        log(f"{split}: {enc.missing_llava} rows have no LLaVA caption; text source {text_source} falls back to "
+            "their cleaned tweet (as predict does)")

@@ -1,10 +1,25 @@
-"""The backend protocol: three components of an exported bundle behind one small interface."""
+"""The backend interface: a bundle's three graphs behind one class that declares every hook, with defaults.
+
+A backend runs the image encoder, the text encoder and the fusion head (`run_head`) of a bundle on numpy
+arrays. The optional hooks have working defaults, so a new backend overrides only what it has:
+`max_batch` (a fixed engine profile), `unavailable_reason()` (a missing package or GPU, asked before loading),
+`bundle_unavailable_reason()` (the bundle lacks this backend's files for a precision),
+`from_bundle()` (how it is built; options it does not take are a UsageError), `synchronize()` and
+`h2d_seconds` (GPU timing for bench), `files()` (what bench reports as the model size), `close()`.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from crisis_tool.runtime.errors import UsageError
+
+if TYPE_CHECKING:
+    from crisis_tool.runtime.bundle import Bundle
 
 
 class Backend(ABC):
@@ -18,6 +33,32 @@ class Backend(ABC):
     name: str = "backend"
     precision: str = "fp32"
     provider: str = "unknown"
+    max_batch: int | None = None  # the largest batch the backend accepts (None: any)
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when this machine can run the backend (packages, devices), else a one-line reason."""
+        return None
+
+    @classmethod
+    def bundle_unavailable_reason(cls, bundle: Bundle, precision: str) -> str | None:
+        """None when `bundle` holds what this backend runs at `precision`, else why not (one line)."""
+        return None
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, precision: str | None = None, threads: int | None = None,
+                    **options: Any) -> Backend:
+        """Build the backend for `bundle`. `threads` is a hint CPU backends use and others ignore.
+
+        Options left at None count as not given; any other option this backend does not declare is a
+        UsageError. Backends with options override this and declare them as keyword arguments.
+        """
+        reject_options(cls.name, options)
+        return cls(bundle, precision=precision)
+
+    def __init__(self, bundle: Bundle, precision: str | None = None) -> None:
+        """The default constructor (what the default `from_bundle` calls): runs `precision`, else the bundle's."""
+        self.precision = precision or bundle.precision
 
     @abstractmethod
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -28,11 +69,31 @@ class Backend(ABC):
         """int64 [B,L] (L <= context length) -> text embeddings float32 [B,D]."""
 
     @abstractmethod
-    def decode(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fusion head: embeddings [B,D] x2 -> (logits [B,C], probs [B,C])."""
 
+    def synchronize(self) -> None:  # noqa: B027 - optional hook, nothing to wait for on the CPU
+        """Wait until queued device work is done (bench stops its clock after this). CPU backends: no-op."""
+
+    @property
+    def h2d_seconds(self) -> float | None:
+        """Cumulative host-to-device copy time so far (GPU backends), else None."""
+        return None
+
+    def files(self) -> list[Path]:
+        """The bundle files this backend runs (bench's size column). Default: none known."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
-        """Release sessions/engines (optional)."""
+        """Release sessions, engines and device memory."""
 
     def describe(self) -> str:
         return f"{self.name} ({self.precision}, {self.provider})"
+
+
+def reject_options(backend: str, options: dict[str, Any]) -> None:
+    """UsageError naming the options (not None) that backend `backend` does not take."""
+    given = sorted(key for key, value in options.items() if value is not None)
+    if given:
+        flags = ", ".join(f"--{key.replace('_', '-')}" for key in given)
+        raise UsageError(f"backend {backend!r} does not take {flags}")

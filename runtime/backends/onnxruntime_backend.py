@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from crisis_tool.runtime.backends.base import Backend
-from crisis_tool.runtime.bundle import COMPONENTS, Bundle
+from crisis_tool.runtime.backends.base import Backend, reject_options
+from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import BundleError, UsageError
+from crisis_tool.runtime.graph_table import GRAPHS, HEAD, IMAGE_ENCODER, TEXT_ENCODER, check_signature
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class OnnxRuntimeBackend(Backend):
         session_factory: SessionFactory | None = None,
     ) -> None:
         self.precision = precision or bundle.precision
-        if self.precision not in bundle.manifest["graphs"]:
+        if not bundle.has_graphs(self.precision):
             raise UsageError(
                 f"bundle {bundle.root} has no {self.precision} graphs (has {', '.join(bundle.precisions())})"
             )
@@ -78,15 +79,18 @@ class OnnxRuntimeBackend(Backend):
         factory = session_factory or _make_session
         self.sessions: dict[str, Any] = {}
         active = requested
-        for component in COMPONENTS:
-            path = self._graph_path(bundle, component)
+        self.paths = {graph: bundle.graph_path_or_fp32(graph, self.precision) for graph in GRAPHS}
+        for graph, path in self.paths.items():
             try:
                 session = factory(str(path), options, active)
             except Exception as exc:  # noqa: BLE001 - ORT raises plain RuntimeError/Fail subclasses
                 raise BundleError(f"{path}: onnxruntime cannot load this graph ({exc})") from exc
+            # A replaced graph with other names or widths is refused here, before any record is read.
+            check_signature(graph, [(i.name, i.shape) for i in session.get_inputs()],
+                            [(o.name, o.shape) for o in session.get_outputs()], bundle.dims, str(path))
             # The first session tells which providers really work; the others reuse that answer.
             active = list(session.get_providers())
-            self.sessions[component] = session
+            self.sessions[graph] = session
         self.providers = active
         self.provider = active[0] if active else "unknown"
         if self.provider != requested[0]:  # expected with the automatic choice on a machine without a GPU
@@ -96,34 +100,39 @@ class OnnxRuntimeBackend(Backend):
             c: {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in s.get_inputs()}
             for c, s in self.sessions.items()
         }
-        self._head_outputs = [o.name for o in self.sessions["head"].get_outputs()]
 
-    @staticmethod
-    def unavailable_reason() -> str | None:
-        return None
+    @classmethod
+    def bundle_unavailable_reason(cls, bundle: Bundle, precision: str) -> str | None:
+        if bundle.has_graphs(precision):
+            return None
+        return f"bundle has no {precision} graphs (has {', '.join(bundle.precisions())})"
 
-    def _graph_path(self, bundle: Bundle, component: str) -> Path:
-        graphs = bundle.manifest["graphs"][self.precision]
-        if component not in graphs:  # a variant may quantise only the encoders
-            return bundle.graph_path(component, "fp32")
-        return bundle.graph_path(component, self.precision)
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, precision: str | None = None, threads: int | None = None,
+                    providers: Sequence[str] | None = None, session_factory: SessionFactory | None = None,
+                    **options: Any) -> OnnxRuntimeBackend:
+        reject_options(cls.name, options)
+        return cls(bundle, precision, providers, threads, session_factory)
 
-    def _run(self, component: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        types = self._input_types[component]
+    def files(self) -> list[Path]:
+        return list(dict.fromkeys(self.paths.values()))
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        types = self._input_types[graph]
         feeds = {k: np.ascontiguousarray(v, dtype=types.get(k, v.dtype)) for k, v in feeds.items()}
-        return self.sessions[component].run(None, feeds)
+        return self.sessions[graph].run(None, feeds)
 
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
-        return np.asarray(self._run("image_encoder", {"pixel_values": pixel_values})[0], dtype=np.float32)
+        (name,) = GRAPHS[IMAGE_ENCODER].input_names
+        return np.asarray(self._run(IMAGE_ENCODER, {name: pixel_values})[0], dtype=np.float32)
 
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        return np.asarray(self._run("text_encoder", {"input_ids": input_ids})[0], dtype=np.float32)
+        (name,) = GRAPHS[TEXT_ENCODER].input_names
+        return np.asarray(self._run(TEXT_ENCODER, {name: input_ids})[0], dtype=np.float32)
 
-    def decode(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        outputs = self._run("head", {"image_embeds": image_embeds, "text_embeds": text_embeds})
-        by_name = dict(zip(self._head_outputs, outputs, strict=False))
-        logits = by_name.get("logits", outputs[0])
-        probs = by_name.get("probs", outputs[-1])
+    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        feeds = dict(zip(GRAPHS[HEAD].input_names, (image_embeds, text_embeds), strict=True))
+        logits, probs = self._run(HEAD, feeds)[:2]  # output order is checked against the graph table
         return np.asarray(logits, dtype=np.float32), np.asarray(probs, dtype=np.float32)
 
     def close(self) -> None:

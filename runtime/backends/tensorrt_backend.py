@@ -10,15 +10,30 @@ Calls on one component are serialised with a lock (an execution context is not t
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from crisis_tool.runtime.backends.base import Backend
-from crisis_tool.runtime.bundle import COMPONENTS, Bundle
+from crisis_tool.runtime.backends.base import Backend, reject_options
+from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import BundleError, MissingDependencyError, UsageError
+from crisis_tool.runtime.file_guard import open_regular
+from crisis_tool.runtime.graph_table import GRAPHS, HEAD, IMAGE_ENCODER, TEXT_ENCODER
 
 _INSTALL_HINT = "pip install 'crisis-tool[trt]' on a machine with an NVIDIA GPU"
+
+
+def import_cudart() -> Any:
+    """cuda-python's runtime bindings, or MissingDependencyError with one line."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # cuda-python < 12.6
+        except ImportError:
+            raise MissingDependencyError(f"the tensorrt backend needs cuda-python ({_INSTALL_HINT})") from None
+    return cudart
 
 
 def _import_trt() -> tuple[Any, Any]:
@@ -27,16 +42,7 @@ def _import_trt() -> tuple[Any, Any]:
         import tensorrt as trt
     except ImportError:
         raise MissingDependencyError(f"the tensorrt backend needs TensorRT 10 ({_INSTALL_HINT})") from None
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # cuda-python < 12.6
-        except ImportError:
-            raise MissingDependencyError(
-                f"the tensorrt backend needs cuda-python ({_INSTALL_HINT})"
-            ) from None
-    return trt, cudart
+    return trt, import_cudart()
 
 
 def _check(cudart: Any, result: Any) -> Any:
@@ -52,7 +58,7 @@ def _check(cudart: Any, result: Any) -> Any:
 
 
 def gpu_identity(cudart: Any, device: int = 0) -> tuple[str, str]:
-    """(GPU name, compute capability "major.minor") of `device`."""
+    """(GPU name, compute capability "major.minor") of `device`: the one GPU probe (engine building uses it too)."""
     count = _check(cudart, cudart.cudaGetDeviceCount())
     if not count:
         raise MissingDependencyError("the tensorrt backend needs an NVIDIA GPU (none found)")
@@ -151,27 +157,54 @@ class TensorRTBackend(Backend):
         self.provider = f"TensorRT {trt.__version__} on {gpu_name}"
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines: dict[str, _Engine] = {}
-        self.max_batch: int | None = None  # the engines' optimization-profile limit; the Predictor respects it
-        for component in COMPONENTS:
-            entry = bundle.engine_entry(component, self.precision)
+        self.paths: list[Path] = []
+        limits = []  # the engines' optimization-profile limits; the Predictor respects the smallest
+        for graph in GRAPHS:
+            entry = bundle.engine_entry(graph, self.precision)
             if entry is None:
                 raise BundleError(
-                    f"{bundle.root}: no {self.precision} TensorRT engine for {component} "
-                    f"(build one on this GPU: crisis-tool export --from-bundle {bundle.root} --engine trt "
+                    f"{bundle.root}: no {self.precision} TensorRT engine for {graph} "
+                    f"(build one on this GPU: crisis-tool export --from-bundle {bundle.root} --format trt "
                     f"--precision {self.precision})"
                 )
-            check_engine_compat(entry, trt.__version__, gpu_name, capability, bundle=str(bundle.root))
-            path = bundle.root / entry["file"]
-            if not path.is_file():
-                raise BundleError(f"{bundle.root}: missing engine file {entry['file']}")
-            self.engines[component] = _Engine(trt, cudart, runtime, path.read_bytes(), str(path))
-            shapes = (entry.get("profile") or {}).values()
-            limits = [int(s["max"][0]) for s in shapes if s.get("max")]
-            if limits:
-                self.max_batch = min([self.max_batch, *limits]) if self.max_batch else min(limits)
+            check_engine_compat(entry.to_dict(), trt.__version__, gpu_name, capability, bundle=str(bundle.root))
+            path = bundle.path(entry.file)
+            if not path.exists():
+                raise BundleError(f"{bundle.root}: missing engine file {entry.file}")
+            with open_regular(path) as fh:  # a FIFO or device named as an engine is refused, never read
+                blob = fh.read()
+            self.engines[graph] = _Engine(trt, cudart, runtime, blob, str(path))
+            self._check_names(graph, str(path))
+            self.paths.append(path)
+            if entry.max_batch is not None:
+                limits.append(entry.max_batch)
+        self.max_batch = min(limits) if limits else None
 
-    @staticmethod
-    def unavailable_reason() -> str | None:
+    def _check_names(self, graph: str, where: str) -> None:
+        """BundleError unless the engine's input and output names are the graph table's."""
+        engine, spec = self.engines[graph], GRAPHS[graph]
+        if (engine.inputs, engine.outputs) != (spec.input_names, spec.output_names):
+            raise BundleError(f"{where}: engine tensors {engine.inputs} -> {engine.outputs} are not the graph "
+                              f"table's {spec.input_names} -> {spec.output_names}")
+
+    @classmethod
+    def bundle_unavailable_reason(cls, bundle: Bundle, precision: str) -> str | None:
+        if bundle.manifest.engines.get(precision):
+            return None
+        return (f"bundle has no {precision} TensorRT engines "
+                f"(crisis-tool export --from-bundle {bundle.root} --format trt --precision {precision})")
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, precision: str | None = None, threads: int | None = None,
+                    device: int | None = None, **options: Any) -> TensorRTBackend:
+        reject_options(cls.name, options)
+        return cls(bundle, precision, device=device or 0)
+
+    def files(self) -> list[Path]:
+        return list(self.paths)
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
         """None when TensorRT, cuda-python and a GPU are present, else why not (one line)."""
         try:
             _, cudart = _import_trt()
@@ -191,24 +224,20 @@ class TensorRTBackend(Backend):
             engine = next(iter(self.engines.values()))
             _check(engine.cudart, engine.cudart.cudaDeviceSynchronize())
 
-    def _run_one(self, component: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        engine = self.engines[component]
-        out = engine.run(feeds)
-        return [out[name] for name in engine.outputs]
+    def _run_one(self, graph: str, *arrays: np.ndarray) -> list[np.ndarray]:
+        engine = self.engines[graph]
+        out = engine.run(dict(zip(GRAPHS[graph].input_names, arrays, strict=True)))
+        return [out[name].astype(np.float32, copy=False) for name in GRAPHS[graph].output_names]
 
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
-        embeds = self._run_one("image_encoder", {"pixel_values": pixel_values})[0]
-        return embeds.astype(np.float32, copy=False)
+        return self._run_one(IMAGE_ENCODER, pixel_values)[0]
 
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._run_one("text_encoder", {"input_ids": input_ids})[0].astype(np.float32, copy=False)
+        return self._run_one(TEXT_ENCODER, input_ids)[0]
 
-    def decode(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        engine = self.engines["head"]
-        out = engine.run({"image_embeds": image_embeds, "text_embeds": text_embeds})
-        logits = out.get("logits", out[engine.outputs[0]])
-        probs = out.get("probs", out[engine.outputs[-1]])
-        return logits.astype(np.float32, copy=False), probs.astype(np.float32, copy=False)
+    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, probs = self._run_one(HEAD, image_embeds, text_embeds)
+        return logits, probs
 
     def close(self) -> None:
         for engine in self.engines.values():

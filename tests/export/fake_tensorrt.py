@@ -1,7 +1,10 @@
-"""A stand-in for the `tensorrt` module that records what the builder was asked to do.
+"""A stand-in for the `tensorrt` module that records what the builder was asked to do, and runs its engines.
 
 The parser reads the real ONNX file: graph inputs become network inputs (dynamic dims as -1) and every node
 a layer whose type follows its op (LayerNormalization -> NORMALIZATION, Softmax -> SOFTMAX, Reduce* -> REDUCE).
+A built engine remembers the ONNX graph it was built from; the fake `Runtime` deserialises it into an engine
+that runs that graph in onnxruntime when its stream is synchronised (with the honest `fake_cuda`), so engine
+parity checks see real numbers. `RECORD["wrong"]` names graphs whose engines return wrong numbers.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import types
 from enum import Enum
 from typing import Any
 
+import numpy as np
 import onnx
 
 __version__ = "10.99.0-fake"
@@ -41,12 +45,12 @@ class Logger:
         self.severity = severity
 
 
-RECORD: dict[str, Any] = {"builds": []}
+RECORD: dict[str, Any] = {"builds": [], "engines": [], "wrong": set(), "runs": []}
 
 
 def reset() -> None:
     RECORD.clear()
-    RECORD["builds"] = []
+    RECORD.update({"builds": [], "engines": [], "wrong": set(), "runs": []})
 
 
 class Tensor:
@@ -76,6 +80,7 @@ class Network:
     def __init__(self) -> None:
         self.inputs: list[Tensor] = []
         self.layers: list[Layer] = []
+        self.onnx_bytes = b""
 
     @property
     def num_inputs(self) -> int:
@@ -98,7 +103,9 @@ class OnnxParser:
         self.num_errors = 0
 
     def parse_from_file(self, path: str) -> bool:
-        model = onnx.load(path)
+        with open(path, "rb") as fh:
+            self.network.onnx_bytes = fh.read()
+        model = onnx.load_from_string(self.network.onnx_bytes)
         inits = {i.name for i in model.graph.initializer}
         for value in model.graph.input:
             if value.name not in inits:
@@ -173,16 +180,117 @@ class Builder:
         return OptimizationProfile()
 
     def build_serialized_network(self, network: Network, config: BuilderConfig) -> bytes:
+        pinned = [layer for layer in network.layers if layer.precision == float32]
         RECORD["builds"].append({
             "inputs": {t.name: t.shape for t in network.inputs},
             "profiles": [p.shapes for p in config.profiles],
             "flags": {f.name for f in config.flags},
-            "fp32_layers": {layer.op for layer in network.layers if layer.precision == float32},
-            "fp32_outputs": all(layer.output_types.get(0) == float32 for layer in network.layers
-                                if layer.precision == float32),
+            "fp32_layers": {layer.op for layer in pinned},
+            # False when nothing is pinned: "every pinned layer's output is fp32" must not hold vacuously
+            "fp32_outputs": bool(pinned) and all(layer.output_types.get(0) == float32 for layer in pinned),
             "timing_cache_loaded": config.loaded_cache_bytes,
         })
-        return b"fake-engine:" + str(len(RECORD["builds"])).encode()
+        RECORD["engines"].append(network.onnx_bytes)
+        return b"fake-engine:" + str(len(RECORD["engines"]) - 1).encode()
+
+
+class TensorIOMode(Enum):
+    INPUT = "INPUT"
+    OUTPUT = "OUTPUT"
+
+
+def nptype(dtype: Any) -> Any:
+    return dtype
+
+
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64}
+
+
+class ExecutionContext:
+    """Shapes and addresses as set by the caller; the graph runs on the stream, when it is synchronised."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.addresses[name] = int(ptr)
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        batch = next(iter(self.shapes.values()))[0]
+        return tuple(batch if d < 0 else d for d in self.engine.dims[name])
+
+    def execute_async_v3(self, stream: int) -> bool:
+        engine, cuda = self.engine, self.engine.cuda
+        shapes, addresses = dict(self.shapes), dict(self.addresses)
+        out_shapes = {name: self.get_tensor_shape(name) for name in engine.outputs}
+
+        def kernel() -> None:
+            feeds = {n: cuda.view(addresses[n], engine.dtypes[n], shapes[n]).copy() for n in engine.inputs}
+            outs = engine.session.run(engine.outputs, feeds)
+            for name, value in zip(engine.outputs, outs):
+                if engine.wrong:
+                    value = value[:, ::-1] * 1.5 + 0.25  # a broken engine: plausible shapes, wrong numbers
+                cuda.view(addresses[name], engine.dtypes[name], out_shapes[name])[...] = value
+            RECORD["runs"].append(engine.label)
+
+        cuda.enqueue(stream, "kernel", kernel)
+        return True
+
+
+class Engine:
+    """A deserialised fake engine: the ONNX graph it was built from, run by onnxruntime."""
+
+    def __init__(self, onnx_bytes: bytes, cuda: Any) -> None:
+        import onnxruntime as ort
+
+        model = onnx.load_from_string(onnx_bytes)
+        self.cuda = cuda
+        self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        inits = {i.name for i in model.graph.initializer}
+        graph_inputs = [v for v in model.graph.input if v.name not in inits]
+        self.inputs = [v.name for v in graph_inputs]
+        self.outputs = [v.name for v in model.graph.output]
+        self.io = self.inputs + self.outputs
+        self.dtypes = {v.name: _ONNX_DTYPES[v.type.tensor_type.elem_type] for v in [*graph_inputs, *model.graph.output]}
+        self.dims = {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+                     for v in model.graph.output}
+        self.label = "+".join(self.outputs)
+        self.wrong = bool(set(self.outputs) & RECORD["wrong"])
+        self.num_io_tensors = len(self.io)
+
+    def get_tensor_name(self, i: int) -> str:
+        return self.io[i]
+
+    def get_tensor_mode(self, name: str) -> TensorIOMode:
+        return TensorIOMode.INPUT if name in self.inputs else TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name: str) -> Any:
+        return self.dtypes[name]
+
+    def create_execution_context(self) -> ExecutionContext:
+        return ExecutionContext(self)
+
+
+class Runtime:
+    """Deserialises what the fake builder produced; `CUDA` is the FakeCuda its engines run on."""
+
+    CUDA: Any = None
+
+    def __init__(self, logger: Logger) -> None:
+        self.logger = logger
+
+    def deserialize_cuda_engine(self, blob: bytes) -> Engine | None:
+        prefix = b"fake-engine:"
+        if not bytes(blob).startswith(prefix):
+            return None
+        return Engine(RECORD["engines"][int(bytes(blob)[len(prefix):])], Runtime.CUDA)
 
 
 def as_module() -> types.ModuleType:
@@ -194,9 +302,10 @@ def as_module() -> types.ModuleType:
 
 
 def fake_cudart(devices: int = 1, name: bytes = b"NVIDIA FakeGPU 80GB", cc: tuple[int, int] = (9, 0)) -> Any:
-    """A `cuda.bindings.runtime` stand-in reporting `devices` GPUs."""
-    prop = types.SimpleNamespace(name=name, major=cc[0], minor=cc[1])
-    return types.SimpleNamespace(
-        cudaGetDeviceCount=lambda: (0, devices),
-        cudaGetDeviceProperties=lambda i: (0, prop),
-    )
+    """A `cuda.bindings.runtime` stand-in reporting `devices` GPUs (the honest `fake_cuda`, shared with the
+    fake Runtime's engines)."""
+    from fake_cuda import FakeCuda
+
+    cuda = FakeCuda(name=name, cc=cc, devices=devices)
+    Runtime.CUDA = cuda
+    return cuda.cudart

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from crisis_tool.runtime.bundle import COMPONENTS, FORMAT_VERSION, sha256_file
+from crisis_tool.runtime.graph_table import GRAPH_NAMES
+from crisis_tool.runtime.manifest import FORMAT_VERSION, sha256_file
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def test_manifest_content(tiny_bundle: Path, tiny_run: Path):
     run_config = json.loads((tiny_run / "config.json").read_text())
     assert m["format_version"] == FORMAT_VERSION
     assert m["task"] == "informative" and m["labels"] == ["not_informative", "informative"]
-    assert m["text_source"] == "tweet" and m["model"] == run_config
+    assert m["text_source"] == "tweet" and "model" not in m  # the run config is stored once, in model_config.json
     assert m["preprocess"] == run_config["preprocess"]
     assert m["tokenizer"]["sot_token_id"] == 49406 and m["tokenizer"]["eot_token_id"] == 49407
     assert m["tokenizer"]["context_length"] == 77 and (tiny_bundle / m["tokenizer"]["vocab_file"]).is_file()
@@ -51,7 +52,7 @@ def test_verify_and_inspect_cli(tiny_bundle: Path, cli, capsys):
     assert "informative" in out and "parity" in out and "end_to_end" in out and "crisis-tiny" in out
 
 
-@pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.parametrize("component", GRAPH_NAMES)
 def test_tampered_file_fails_naming_it(bundle_copy: Path, component: str, cli, capsys):
     path = bundle_copy / f"{component}.onnx"
     data = bytearray(path.read_bytes())

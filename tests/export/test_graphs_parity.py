@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from crisis_tool.export.graph_specs import GRAPHS
 from crisis_tool.export.validate import generate_ids, min_cosine, open_session
 from crisis_tool.runtime.bundle import Bundle
+from crisis_tool.runtime.graph_table import GRAPHS
 from crisis_tool.torch_reference import TorchBackend
 
 BATCHES = (1, 3, 8)
@@ -19,7 +19,7 @@ BATCHES = (1, 3, 8)
 
 @pytest.fixture(scope="module")
 def reference(tiny_bundle: Path) -> TorchBackend:
-    return TorchBackend.from_bundle(tiny_bundle)
+    return TorchBackend.from_bundle(Bundle.load(tiny_bundle))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_manifest_records_passing_fp32_gates(tiny_bundle: Path):
 def test_each_graph_and_end_to_end_match_torch(batch, reference, sessions):
     pixels, ids = _inputs(batch, seed=100 + batch)
     ref_img, ref_txt = reference.encode_image(pixels), reference.encode_text(ids)
-    ref_logits, ref_probs = reference.decode(ref_img, ref_txt)
+    ref_logits, ref_probs = reference.run_head(ref_img, ref_txt)
 
     img = sessions["image_encoder"].run(None, {"pixel_values": pixels})[0]
     txt = sessions["text_encoder"].run(None, {"input_ids": ids})[0]

@@ -95,7 +95,7 @@ def test_missing_tensorrt_is_one_clear_line(monkeypatch, bundle_copy, capsys, cl
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1
-    assert "tensorrt" in err and f"--from-bundle {bundle_copy} --engine trt" in err
+    assert "tensorrt" in err and f"--from-bundle {bundle_copy} --format trt" in err
     assert "engines" not in json.loads((bundle_copy / "manifest.json").read_text()) or not json.loads(
         (bundle_copy / "manifest.json").read_text())["engines"]
 
@@ -125,9 +125,42 @@ def test_engine_compat_check():
     entry = {"file": "engines/head.fp16.engine", "trt_version": "10.3.0", "gpu_name": "NVIDIA H100",
              "compute_capability": "9.0"}
     check_engine_compat(entry, "10.3.0", "NVIDIA H100", "9.0")
-    with pytest.raises(BundleError, match=r"trt_version 10.3.0 != 10.4.0.*--from-bundle b --engine trt"):
+    with pytest.raises(BundleError, match=r"trt_version 10.3.0 != 10.4.0.*--from-bundle b --format trt"):
         check_engine_compat(entry, "10.4.0", "NVIDIA H100", "9.0", bundle="b")
     with pytest.raises(BundleError, match="compute_capability 9.0 != 8.9"):
         check_engine_compat(entry, "10.3.0", "NVIDIA L4", "8.9")
     with pytest.raises(BundleError, match="lacks gpu_name"):
         check_engine_compat({"file": "x", "trt_version": "10.3.0", "compute_capability": "9.0"}, "10.3.0", "a", "9.0")
+
+
+def test_every_engine_is_run_and_gated_before_it_is_kept(monkeypatch, bundle_copy, tmp_path):
+    from crisis_tool.export.tensorrt_build import build_bundle_engines
+
+    trt = _install(monkeypatch)
+    built = build_bundle_engines(bundle_copy, "int8", None, tmp_path / "tc")
+    assert sorted(trt.RECORD["runs"]) == sorted(["image_embeds"] * 3 + ["text_embeds"] * 3 + ["logits+probs"] * 3)
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    parity = manifest["parity"]["trt-int8"]
+    for graph in ("image_encoder", "text_encoder", "head"):
+        entry = parity[graph]
+        assert entry["passed"] and entry["n"] == 1 + 3 + 8 and entry["calibration"] == "generated"
+        assert entry["qdq_onnxruntime"]["passed"] and entry["built_as"] == "int8"
+        assert built[graph]["parity"]["passed"]
+    assert parity["image_encoder"]["min_cosine"] >= 0.999 and parity["head"]["top1_agreement"] >= 0.99
+    assert set(manifest["engines"]["int8"]) == {"image_encoder", "text_encoder", "head"}
+
+
+def test_an_engine_returning_wrong_numbers_is_not_kept(monkeypatch, bundle_copy, tmp_path):
+    from crisis_tool.export.tensorrt_build import build_bundle_engines
+    from crisis_tool.runtime.errors import CrisisToolError
+
+    trt = _install(monkeypatch)
+    trt.RECORD["wrong"].add("text_embeds")
+    with pytest.raises(CrisisToolError, match=r"engine parity failed \(trt-fp16 text_encoder: min_cosine"):
+        build_bundle_engines(bundle_copy, "fp16", None, tmp_path / "tc")
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    parity = manifest["parity"]["trt-fp16"]
+    assert parity["text_encoder"]["passed"] is False and parity["image_encoder"]["passed"] is True
+    assert "fp16" not in manifest["engines"]  # nothing deployable at this precision
+    assert not (bundle_copy / "engines" / "text_encoder.fp16.engine").exists()
+    assert "engines/text_encoder.fp16.engine" not in manifest["files"]

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from crisis_tool.export.graph_specs import GRAPHS
 from crisis_tool.export.graphs import TextEncoderGraph
 from crisis_tool.export.onnx_export import export_graph
 from crisis_tool.export.validate import open_session
+from crisis_tool.runtime.graph_table import GRAPHS
 from crisis_tool.runtime.tokenizer import ClipTokenizer
 
 TEXTS = [

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from crisis_tool.runtime.bench import BenchOptions, run_bench
-from crisis_tool.runtime.bench_inputs import TWEET_TOKEN_LENGTHS, generate_records, sample_text_lengths
+from crisis_tool.runtime.bench.inputs import TWEET_TOKEN_LENGTHS, generate_records, sample_text_lengths
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -79,7 +79,7 @@ def test_bench_markdown_and_plot(cli_run: tuple[int, Path]) -> None:
 
 
 def test_text_component_real_lengths_and_fixed_77(tiny_bundle: Path) -> None:
-    opts = BenchOptions(tiny_bundle, backends=("onnxruntime",), batch_sizes=(2,), component="text",
+    opts = BenchOptions(tiny_bundle, backends=("onnxruntime",), batch_sizes=(2,), workload="text",
                         seconds=0.2, warmup=1, gemm_seconds=0.2, text_tokens=(None, 77))
     result = run_bench(opts)
     real, fixed = result["rows"]
@@ -102,6 +102,25 @@ def test_bad_arguments_are_usage_errors(tiny_bundle: Path, capsys: pytest.Captur
     assert run(["bench", "--bundle", str(tiny_bundle), "--text-tokens", "real,99"]) == 2
     assert run(["bench", "--bundle", str(tiny_bundle / "nope")]) == 2
     assert capsys.readouterr().err.count("error: ") == 5
+
+
+@pytest.mark.parametrize("argv", [
+    ["--seconds", "nan"], ["--seconds", "inf"], ["--seconds", "0"], ["--seconds", "-1"],
+    ["--batch-sizes", "100000"], ["--batch-sizes", "1,0"], ["--warmup", "100000"], ["--threads", "0"],
+])
+def test_absurd_bounds_are_refused_before_any_work(tiny_bundle: Path, tmp_path: Path, argv: list[str],
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from crisis_tool.cli import run
+    from crisis_tool.runtime.bench import run as bench_run
+
+    monkeypatch.setattr(bench_run, "run_bench", lambda *a, **k: pytest.fail("bench started"))
+    monkeypatch.setattr(bench_run.bench_inputs, "make_jpeg", lambda *a, **k: pytest.fail("inputs generated"))
+    out = tmp_path / "b.json"
+    assert run(["bench", "--bundle", str(tiny_bundle), "--json", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and argv[0] in err[0]
+    assert not out.exists()
 
 
 def test_generated_texts_have_the_sampled_token_lengths(tmp_path: Path) -> None:
@@ -130,7 +149,7 @@ def _save(nodes: list, inputs: list, outputs: list, inits: list, path: Path) -> 
 
 
 def test_flop_counter_exact_on_handmade_graphs(tmp_path: Path) -> None:
-    from crisis_tool.runtime.onnx_flops import count_flops
+    from crisis_tool.runtime.bench.flops import count_flops
 
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((16, 24)).astype(np.float32), "w")
@@ -159,7 +178,7 @@ def test_bench_modules_import_without_torch_or_onnx() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, crisis_tool.runtime.bench, crisis_tool.runtime.bench_report, crisis_tool.commands.bench_cmd;"
+    code = ("import sys, crisis_tool.runtime.bench, crisis_tool.runtime.bench.report, crisis_tool.commands.bench_cmd;"
             "print(sorted(m for m in ('torch', 'onnx', 'open_clip', 'tensorrt') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -170,7 +189,7 @@ def test_bench_on_records_file(tiny_bundle: Path, tmp_path: Path) -> None:
     jsonl = tmp_path / "img" / "records.jsonl"  # relative images resolve next to the file
     lines = [json.dumps({"id": r.id, "text": r.text, "image": Path(r.image).name}) for r in records]
     jsonl.write_text("\n".join([*lines, '{"id": "broken", "text": "x", "image": "missing.jpg"}']) + "\n")
-    opts = BenchOptions(tiny_bundle, backends=("onnxruntime",), batch_sizes=(2,), component="e2e", seconds=0.1,
+    opts = BenchOptions(tiny_bundle, backends=("onnxruntime",), batch_sizes=(2,), workload="e2e", seconds=0.1,
                         warmup=1, measure_gemm=False, records=jsonl)
     result = run_bench(opts)
     (row,) = result["rows"]

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -19,6 +20,7 @@ from crisis_tool.runtime.backends import Backend, backend_unavailable_reason, cr
 from crisis_tool.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import BundleError, MissingDependencyError, UsageError
+from crisis_tool.runtime.manifest import EngineEntry
 from crisis_tool.runtime.predictor import TIMING_KEYS, Predictor
 from crisis_tool.runtime.records import Record
 
@@ -43,9 +45,9 @@ class CountingBackend(Backend):
         self._count("text", len(input_ids))
         return self.inner.encode_text(input_ids)
 
-    def decode(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._count("head", len(image_embeds))
-        return self.inner.decode(image_embeds, text_embeds)
+        return self.inner.run_head(image_embeds, text_embeds)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +137,7 @@ def test_threads_share_one_predictor(predictor: Predictor, images: list[Path]) -
 
 def test_llava_bundle_without_llava_text_warns_once(tiny_bundle: Path, images, caplog) -> None:
     base = Bundle.load(tiny_bundle)
-    bundle = replace(base, manifest={**base.manifest, "text_source": "tweet+llava"})
+    bundle = replace(base, manifest=replace(base.manifest, text_source="tweet+llava"))
     with caplog.at_level(logging.WARNING, logger="crisis_tool.runtime.predictor"):
         with Predictor(bundle, create_backend("onnxruntime", bundle)) as p:
             preds = p.predict(_records(images, 5))
@@ -155,15 +157,16 @@ def test_provider_reported_is_the_one_in_use(tiny_bundle: Path) -> None:
     class CpuOnlySession:
         def __init__(self, path: str, options, providers: list[str]) -> None:
             calls.append(list(providers))
+            self.real = ort.InferenceSession(path, providers=["CPUExecutionProvider"])  # for the graph's I/O
 
         def get_providers(self) -> list[str]:
             return ["CPUExecutionProvider"]
 
         def get_inputs(self) -> list:
-            return []
+            return self.real.get_inputs()
 
         def get_outputs(self) -> list:
-            return []
+            return self.real.get_outputs()
 
     fake = OnnxRuntimeBackend(bundle, providers=requested, session_factory=CpuOnlySession)
     assert fake.provider == "CPUExecutionProvider"
@@ -178,7 +181,8 @@ def test_backend_registry_errors(tiny_bundle: Path, monkeypatch: pytest.MonkeyPa
     bundle = Bundle.load(tiny_bundle)
     with pytest.raises(UsageError, match="unknown backend"):
         create_backend("nope", bundle)
-    monkeypatch.setitem(backends.BACKENDS, "torch", "crisis_tool.no_such_module:TorchBackend")
+    monkeypatch.setitem(backends.REGISTRY, "torch",
+                        replace(backends.REGISTRY["torch"], target="crisis_tool.no_such_module:TorchBackend"))
     with pytest.raises(MissingDependencyError, match="needs torch"):
         create_backend("torch", bundle)
     assert "needs torch" in backend_unavailable_reason("torch")
@@ -237,8 +241,8 @@ def test_tensorrt_backend_refusals(tiny_bundle: Path, monkeypatch: pytest.Monkey
         monkeypatch.setitem(sys.modules, "crisis_tool.runtime.engine_meta", meta)
     entry = {"file": "engines/image_encoder.fp32.plan", "trt_version": "10.9.0", "gpu_name": "NVIDIA A100",
              "compute_capability": "8.0"}
-    engines = {"fp32": {c: dict(entry) for c in ("image_encoder", "text_encoder", "head")}}
-    foreign = replace(bundle, manifest={**bundle.manifest, "engines": engines})
+    engines = {"fp32": {c: EngineEntry(**entry) for c in ("image_encoder", "text_encoder", "head")}}
+    foreign = replace(bundle, manifest=replace(bundle.manifest, engines=engines))
     with pytest.raises(BundleError, match="A100"):
         TensorRTBackend(foreign)
 

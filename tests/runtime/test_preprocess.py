@@ -20,11 +20,11 @@ from PIL import Image, ImageOps
 from crisis_tool.runtime.errors import DataError, UsageError
 from crisis_tool.runtime.preprocess import (
     MAX_PIXELS,
+    ImageLimits,
     ImageLoadError,
-    ImagePreprocessor,
     PreprocessConfig,
     load_image,
-    preprocess_batch,
+    load_preprocessed,
     preprocess_image,
     to_rgb,
 )
@@ -93,7 +93,7 @@ def test_matches_open_clip_eval_transform(tmp_path: Path, reference_transform, n
         expected = reference_transform(_reference_rgb(img)).numpy()
         if img.mode in ("RGB", "L"):
             np.testing.assert_allclose(reference_transform(img).numpy(), expected, atol=1e-5, rtol=0)
-    got = ImagePreprocessor()(path)
+    got = load_preprocessed(path)
     assert got.dtype == np.float32 and got.shape == (3, 224, 224)
     assert np.abs(got - expected).max() <= 1e-5
 
@@ -149,17 +149,13 @@ def test_animated_gif_gives_its_first_frame(tmp_path: Path) -> None:
     assert loaded.mode == "RGB" and loaded.getpixel((5, 5)) == (255, 0, 0)
 
 
-def test_path_bytes_and_batch_agree(tmp_path: Path) -> None:
+def test_path_bytes_and_image_agree(tmp_path: Path) -> None:
     path = tmp_path / "photo.jpg"
     _rgb(300, 200).save(path)
-    pre = ImagePreprocessor()
-    from_path, from_bytes = pre(path), pre(path.read_bytes())
+    from_path, from_bytes = load_preprocessed(path), load_preprocessed(path.read_bytes())
     np.testing.assert_array_equal(from_path, from_bytes)
-    np.testing.assert_array_equal(pre(str(path)), from_path)
-    batch = preprocess_batch([path, path.read_bytes(), load_image(path)])
-    assert batch.shape == (3, 3, 224, 224) and batch.dtype == np.float32
-    np.testing.assert_array_equal(batch[2], from_path)
-    assert pre.batch([]).shape == (0, 3, 224, 224)
+    np.testing.assert_array_equal(load_preprocessed(str(path)), from_path)
+    np.testing.assert_array_equal(load_preprocessed(load_image(path)), from_path)
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -191,7 +187,7 @@ def _corrupt_png() -> bytes:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (None, "not found"),
+        (None, "no such file"),
         (b"", r"is empty \(0 bytes\)"),
         (b"just some text, not a picture\n", "not a recognised image format"),
         (_truncated_jpeg(), "corrupt or truncated"),
@@ -216,13 +212,13 @@ def test_max_pixels_is_checked_before_decoding(tmp_path: Path) -> None:
     path = tmp_path / "big.png"
     _rgb(120, 100).save(path)
     assert MAX_PIXELS == 64_000_000
-    assert load_image(path, max_pixels=12_000).size == (120, 100)
+    assert load_image(path, ImageLimits(max_pixels=12_000)).size == (120, 100)
     with pytest.raises(ImageLoadError, match="120x100 = 12000 pixels, above the limit of 11999"):
-        load_image(path, max_pixels=11_999)
+        load_image(path, ImageLimits(max_pixels=11_999))
 
 
 def test_directory_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ImageLoadError, match="is not a file"):
+    with pytest.raises(ImageLoadError, match="a folder, not a regular file"):
         load_image(tmp_path)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,16 @@ def test_unsupported_or_missing_source(tmp_path: Path) -> None:
     other.write_text("a,b\n")
     with pytest.raises(UsageError, match="unsupported input"):
         read_records(other)
+
+
+def test_stdin_descriptor_lines_survive_any_chunking() -> None:
+    from crisis_tool.runtime.records import _fd_lines
+
+    data = b'{"id": "1"}\n\n' + b"x" * 1000 + b"\nlast line without newline"
+    for chunk in (1, 7, 64, 1 << 16):
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, data)
+        os.close(write_fd)
+        lines = list(_fd_lines(read_fd, chunk))
+        os.close(read_fd)
+        assert lines == data.splitlines(keepends=True)

@@ -1,18 +1,21 @@
 """The TensorRT backend's inference path (buffers, shapes, copies, H2D timing) against a fake TensorRT runtime.
 
-No GPU or TensorRT exists here. The fake cudart hands out host memory as "device" pointers, so the backend's
-real cudaMemcpyAsync / set_tensor_address / execute_async_v3 sequence moves real bytes, and the fake engines
-compute simple numpy functions of their inputs that the test checks. What this cannot show: real engines,
-real GPU memory or real timings.
+No GPU or TensorRT exists here. The fake cudart (`tests/export/fake_cuda.py`) hands out host memory as
+"device" pointers, so the backend's real cudaMemcpyAsync / set_tensor_address / execute_async_v3 sequence moves
+real bytes, and the fake engines compute simple numpy functions of their inputs that the test checks. Copies and
+kernels only run when the stream is synchronised, and an async copy's host buffer must still hold its bytes then,
+so a missing cudaStreamSynchronize or a host buffer released too early fails here. What this cannot show: real
+engines, real GPU memory or real timings (the event timer is fixed).
 """
 
 from __future__ import annotations
 
-import ctypes
+import importlib.util
 import json
 import shutil
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,11 @@ import pytest
 
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import BundleError
+
+_SPEC = importlib.util.spec_from_file_location("fake_cuda", Path(__file__).parents[1] / "export" / "fake_cuda.py")
+fake_cuda = importlib.util.module_from_spec(_SPEC)  # type: ignore[arg-type]
+sys.modules.setdefault("fake_cuda", fake_cuda)
+_SPEC.loader.exec_module(fake_cuda)  # type: ignore[union-attr]
 
 D, C = 6, 3
 SPECS = {  # component -> ([(name, dtype)] inputs, [(name, dtype)] outputs)
@@ -44,42 +52,8 @@ def head_fn(img: np.ndarray, txt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return logits, (e / e.sum(1, keepdims=True)).astype(np.float32)
 
 
-class FakeMemory:
-    """cudaMalloc'd 'device' memory: pinned numpy blocks addressed by their host pointer."""
-
-    def __init__(self) -> None:
-        self.blocks: dict[int, np.ndarray] = {}
-        self.copies: list[str] = []
-
-    def view(self, ptr: int, dtype, shape) -> np.ndarray:
-        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        return np.frombuffer((ctypes.c_char * n).from_address(ptr), dtype=dtype).reshape(shape)
-
-
-def make_fakes(memory: FakeMemory):
-    kind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
-
-    def malloc(n):
-        block = np.zeros(n, dtype=np.uint8)
-        memory.blocks[block.ctypes.data] = block
-        return 0, block.ctypes.data
-
-    def memcpy(dst, src, n, direction, stream):
-        memory.copies.append("h2d" if direction == 1 else "d2h")
-        ctypes.memmove(dst, src, n)
-        return (0,)
-
-    cudart = types.SimpleNamespace(
-        cudaMemcpyKind=kind, cudaMalloc=malloc, cudaMemcpyAsync=memcpy,
-        cudaFree=lambda p: (memory.blocks.pop(p, None), 0)[1:],
-        cudaStreamCreate=lambda: (0, 7), cudaStreamSynchronize=lambda s: (0,), cudaStreamDestroy=lambda s: (0,),
-        cudaEventCreate=lambda: (0, object()), cudaEventRecord=lambda e, s: (0,),
-        cudaEventElapsedTime=lambda a, b: (0, 0.25), cudaEventDestroy=lambda e: (0,),
-        cudaDeviceSynchronize=lambda: (0,), cudaSetDevice=lambda d: (0,),
-        cudaGetDeviceCount=lambda: (0, 1),
-        cudaGetDeviceProperties=lambda d: (0, types.SimpleNamespace(name=b"NVIDIA H200", major=9, minor=0)),
-        cudaGetErrorName=lambda e: (0, b"cudaErrorUnknown"),
-    )
+def make_fakes(memory: fake_cuda.FakeCuda):
+    cudart = memory.cudart
 
     class Context:
         def __init__(self, component: str) -> None:
@@ -97,11 +71,17 @@ def make_fakes(memory: FakeMemory):
 
         def execute_async_v3(self, stream):
             inputs, outputs = SPECS[self.component]
-            arrays = [memory.view(self.addresses[n], t, self.shapes[n]).copy() for n, t in inputs]
-            fn = {"image_encoder": lambda a: (image_fn(a),), "text_encoder": lambda a: (text_fn(a),),
-                  "head": head_fn}[self.component]
-            for (name, _), value in zip(outputs, fn(*arrays)):
-                memory.view(self.addresses[name], np.float32, value.shape)[...] = value
+            addresses, shapes = dict(self.addresses), dict(self.shapes)
+
+            def kernel():  # runs when the stream is synchronised, on what the copies put there by then
+                arrays = [memory.view(addresses[n], t, shapes[n]).copy() for n, t in inputs]
+                fn = {"image_encoder": lambda a: (image_fn(a),), "text_encoder": lambda a: (text_fn(a),),
+                      "head": head_fn}[self.component]
+                for (name, _), value in zip(outputs, fn(*arrays)):
+                    memory.view(addresses[name], np.float32, value.shape)[...] = value
+                memory.kernels += 1
+
+            memory.enqueue(stream, "kernel", kernel)
             return True
 
     class Engine:
@@ -134,7 +114,8 @@ def make_fakes(memory: FakeMemory):
 
 
 @pytest.fixture()
-def trt_bundle(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Bundle, FakeMemory]:
+def trt_bundle(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+               ) -> tuple[Bundle, fake_cuda.FakeCuda]:
     root = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
     manifest = json.loads((root / "manifest.json").read_text())
     (root / "engines").mkdir()
@@ -148,7 +129,7 @@ def trt_bundle(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                               "profile": {SPECS[component][0][0][0]: {"min": [1], "opt": [4], "max": limit}}}
     manifest["engines"] = {"fp16": entries}
     (root / "manifest.json").write_text(json.dumps(manifest))
-    memory = FakeMemory()
+    memory = fake_cuda.FakeCuda()
     trt, cudart = make_fakes(memory)
     bindings = types.ModuleType("cuda.bindings")
     bindings.runtime = cudart
@@ -174,7 +155,7 @@ def test_engines_run_with_growing_buffers_and_timed_copies(trt_bundle) -> None:
         img, txt = backend.encode_image(pixels), backend.encode_text(ids)
         np.testing.assert_allclose(img, image_fn(pixels), rtol=1e-6)
         np.testing.assert_array_equal(txt, text_fn(ids))
-        logits, probs = backend.decode(img, txt)
+        logits, probs = backend.run_head(img, txt)
         ref_logits, ref_probs = head_fn(img, txt)
         np.testing.assert_allclose(logits, ref_logits, rtol=1e-6)
         np.testing.assert_allclose(probs, ref_probs, rtol=1e-6)
@@ -198,6 +179,43 @@ def test_engine_for_another_gpu_is_refused_with_rebuild_hint(trt_bundle) -> None
     from crisis_tool.runtime.backends.tensorrt_backend import TensorRTBackend
 
     bundle, _ = trt_bundle
-    bundle.manifest["engines"]["fp16"]["head"]["gpu_name"] = "Orin (nvgpu)"
-    with pytest.raises(BundleError, match=r"another machine.*crisis-tool export --from-bundle .* --engine trt"):
+    engines = bundle.manifest.engines["fp16"]
+    engines = {**engines, "head": replace(engines["head"], gpu_name="Orin (nvgpu)")}
+    bundle = replace(bundle, manifest=replace(bundle.manifest, engines={"fp16": engines}))
+    with pytest.raises(BundleError, match=r"another machine.*crisis-tool export --from-bundle .* --format trt"):
         TensorRTBackend(bundle, precision="fp16")
+
+
+def test_inputs_converted_on_the_host_stay_alive_until_the_copy_ran(trt_bundle) -> None:
+    """float64 pixels and int32 ids are converted into temporary host arrays; the async copy reads them at
+    synchronisation, so the backend must hold them until then (the fake overwrites released memory)."""
+    from crisis_tool.runtime.backends.tensorrt_backend import TensorRTBackend
+
+    bundle, memory = trt_bundle
+    backend = TensorRTBackend(bundle, precision="fp16")
+    rng = np.random.default_rng(1)
+    pixels = rng.random((3, 3, 8, 8))  # float64: the backend converts to float32 on the host
+    ids = rng.integers(0, 49408, size=(3, 9)).astype(np.int32)
+    np.testing.assert_allclose(backend.encode_image(pixels), image_fn(pixels.astype(np.float32)), rtol=1e-6)
+    np.testing.assert_array_equal(backend.encode_text(ids), text_fn(ids.astype(np.int64)))
+    assert memory.syncs >= 2 and not memory.queues  # nothing left pending after a call returns
+    backend.close()
+
+
+def test_the_fake_defers_copies_and_refuses_a_released_host_buffer() -> None:
+    """The fake itself: nothing moves before synchronisation; a source freed before it raises."""
+    cuda = fake_cuda.FakeCuda()
+    rt = cuda.cudart
+    _, stream = rt.cudaStreamCreate()
+    _, dev = rt.cudaMalloc(64)
+    src = np.arange(16, dtype=np.float32)
+    rt.cudaMemcpyAsync(dev, src.ctypes.data, src.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream)
+    assert not cuda.view(dev, np.float32, (16,)).any()  # not copied yet
+    rt.cudaStreamSynchronize(stream)
+    np.testing.assert_array_equal(cuda.view(dev, np.float32, (16,)), src)
+
+    temp = np.arange(16, dtype=np.float32) + 1
+    rt.cudaMemcpyAsync(dev, temp.ctypes.data, temp.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream)
+    temp[0] = -1.0  # the host buffer changes (as freed memory would) before the copy ran
+    with pytest.raises(fake_cuda.HostBufferReleased):
+        rt.cudaStreamSynchronize(stream)

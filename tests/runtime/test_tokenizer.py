@@ -41,6 +41,14 @@ CRAFTED = [
     "Ünïcödé ÀÉÎÕÜ çñß œæ",
     "x" * 100_000,
     " ".join(f"w{i}" for i in range(20_000)),
+    # HTML unescaped twice, as open_clip does; a literal "<" stops ftfy's own unescaping, so it shows the second
+    "<3 &amp;amp; love",
+    "&lt;3 &amp;amp; love",
+    "a < b &amp;lt; c &amp;amp;gt; d",
+    "&amp;amp;amp; three levels",
+    "<b>bold</b> &amp; 😀 &amp;amp; 🌊",
+    "&#128512; &amp;#128512; &amp;#x1F30A; <3",
+    "5 &lt; 6 &gt; 4 &quot;q&quot; &#39;s &nbsp;end",
 ]
 
 

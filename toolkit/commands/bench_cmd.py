@@ -1,12 +1,20 @@
-"""`crisis-tool bench`: latency/throughput of a bundle across backends, precisions and batch sizes."""
+"""`crisis-tool bench`: latency/throughput of a bundle across backends, precisions and batch sizes.
+
+Choices come from the backend registry and defaults from `BenchOptions`; nothing here names a backend.
+"""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import typer
 
+from crisis_tool.runtime.backends import backend_variants
+from crisis_tool.runtime.bench.options import WORKLOADS, BenchOptions
 from crisis_tool.runtime.errors import UsageError
+
+DEFAULTS = {f.name: f.default for f in fields(BenchOptions)}
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -29,27 +37,36 @@ def _text_tokens(text: str) -> tuple[int | None, ...]:
     return tuple(values)
 
 
+def _csv(values: tuple) -> str:
+    return ",".join("real" if v is None else str(v) for v in values)
+
+
 def register(app: typer.Typer) -> None:
+    variants = ", ".join(backend_variants())  # read when the CLI is built: registered backends included
+
     @app.command("bench")
     def bench(
         bundle: Path = typer.Option(..., "--bundle", help="Bundle directory (from `crisis-tool export`)."),
-        backends: str = typer.Option(
-            "torch,onnxruntime,onnxruntime-int8,onnxruntime-fp16,tensorrt,tensorrt-fp16", "--backends",
-            help="Comma-separated: torch, onnxruntime[-int8|-fp16], tensorrt[-fp16|-int8]."),
-        batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),
-        component: str = typer.Option("e2e", "--component", help="e2e, image, text or head."),
+        backends: str = typer.Option(_csv(DEFAULTS["backends"]), "--backends",
+                                     help=f"Comma-separated backend variants: {variants}."),
+        batch_sizes: str = typer.Option(_csv(DEFAULTS["batch_sizes"]), "--batch-sizes",
+                                        help="Comma-separated batch sizes."),
+        workload: str = typer.Option(DEFAULTS["workload"], "--workload", "--component",
+                                     help=f"What is timed: {', '.join(WORKLOADS)}."),
         records: Path | None = typer.Option(None, "--records", help="JSONL/TSV of real records (default: "
                                             "generated JPEGs and texts of real tweet lengths)."),
         image_root: Path | None = typer.Option(None, "--image-root", help="Folder TSV image paths are under."),
-        text_tokens: str = typer.Option("real", "--text-tokens", help="Generated text lengths, one row set "
-                                        "each: real (CrisisMMD tweet lengths) and/or N tokens, e.g. real,77."),
-        seconds: float = typer.Option(3.0, "--seconds", help="Timed budget per row (seconds)."),
-        warmup: int = typer.Option(2, "--warmup", help="Warm-up repetitions per row."),
+        text_tokens: str = typer.Option(_csv(DEFAULTS["text_tokens"]), "--text-tokens",
+                                        help="Generated text lengths, one row set each: real (CrisisMMD tweet "
+                                        "lengths) and/or N tokens, e.g. real,77."),
+        seconds: float = typer.Option(DEFAULTS["seconds"], "--seconds", help="Timed budget per row (seconds)."),
+        warmup: int = typer.Option(DEFAULTS["warmup"], "--warmup", help="Warm-up repetitions per row."),
         threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (default: all CPUs)."),
         json_out: Path | None = typer.Option(None, "--json", help="Write header + rows as JSON."),
         markdown_out: Path | None = typer.Option(None, "--markdown", help="Write a Markdown table."),
         plot_out: Path | None = typer.Option(None, "--plot", help="Write a PNG of items/s vs batch size."),
-        no_gemm: bool = typer.Option(False, "--no-gemm", help="Skip the GEMM roofline measurement."),
+        no_gemm: bool = typer.Option(not DEFAULTS["measure_gemm"], "--no-gemm",
+                                     help="Skip the GEMM roofline measurement."),
     ) -> None:
         """Benchmark a bundle: one row per backend x precision x batch size, PyTorch eager as reference.
 
@@ -59,19 +76,19 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from crisis_tool.commands.console import stdout_console
-        from crisis_tool.runtime.bench import BenchOptions, run_bench
-        from crisis_tool.runtime.bench_report import render_table, write_json, write_markdown, write_plot
+        from crisis_tool.runtime.bench import run_bench
+        from crisis_tool.runtime.bench.report import render_table, write_json, write_markdown, write_plot
+        from crisis_tool.runtime.manifest import MANIFEST_NAME
 
         opts = BenchOptions(
             bundle=bundle, backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
-            batch_sizes=_ints(batch_sizes, "--batch-sizes"), component=component, seconds=seconds,
+            batch_sizes=_ints(batch_sizes, "--batch-sizes"), workload=workload, seconds=seconds,
             warmup=warmup, threads=threads, records=records, image_root=image_root,
-            text_tokens=_text_tokens(text_tokens),
-            measure_gemm=not no_gemm,
+            text_tokens=_text_tokens(text_tokens), measure_gemm=not no_gemm,
         )
         opts.check()
-        if not (bundle / "manifest.json").is_file():
-            raise UsageError(f"--bundle {bundle}: not a bundle directory (no manifest.json)")
+        if not (bundle / MANIFEST_NAME).is_file():
+            raise UsageError(f"--bundle {bundle}: not a bundle directory (no {MANIFEST_NAME})")
         err = Console(stderr=True)
         with err.status("benchmarking") as status:
             result = run_bench(opts, progress=lambda msg: status.update(f"bench: {msg}"))

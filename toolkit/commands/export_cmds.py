@@ -1,7 +1,11 @@
-"""`crisis-tool export`, `inspect` and `verify`: build, read and check deployable bundles."""
+"""`crisis-tool export`, `inspect` and `verify`: build, read and check deployable bundles.
+
+Formats, what they build from and their defaults come from `crisis_tool.export.formats`.
+"""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -9,29 +13,37 @@ import typer
 from rich.table import Table
 
 from crisis_tool.commands.console import stdout_console
-from crisis_tool.runtime.errors import UsageError
+from crisis_tool.export.formats import BUNDLE, DEFAULT_MAX_BATCH, EXPORT_FORMATS, ExportOptions
+from crisis_tool.runtime.graph_table import PRECISIONS
+from crisis_tool.runtime.manifest import Manifest
 
 console = stdout_console()
+DEFAULTS = {f.name: f.default for f in fields(ExportOptions)}
 
 
-def parity_table(manifest: dict[str, Any]) -> Table:
+def parity_table(manifest: Manifest) -> Table:
     """Parity numbers per precision and graph, with pass/fail."""
     table = Table(title="parity vs PyTorch (ONNX Runtime CPU)")
-    for col in ("precision", "graph", "max abs", "min cosine", "top-1", "batches", "gate"):
+    for col in ("precision", "graph", "max abs", "min cosine", "top-1 [95% CI]", "n", "batches", "gate"):
         table.add_column(col, no_wrap=True)
-    validated = manifest.get("validated", {})
     notes = []
-    for precision, report in manifest.get("parity", {}).items():
+    for precision, report in manifest.parity.items():
         if not report:
-            table.add_row(precision, "-", "", "", "", "", "not validated")
-            notes.append(f"{precision}: {validated.get(precision, '')}")
+            table.add_row(precision, "-", "", "", "", "", "", "not validated")
+            notes.append(f"{precision}: {manifest.validated.get(precision, '')}")
         for name, entry in report.items():
+            if not isinstance(entry, dict):
+                continue
             gate = "pass" if entry.get("passed") else "FAIL"
-            if entry.get("weight_type"):
-                gate += f" ({entry['weight_type']})"
+            chosen = entry.get("chosen") or entry.get("weight_type") or entry.get("built_as")
+            if chosen:
+                gate += f" ({chosen})"
+            top1, interval = _fmt(entry.get("top1_agreement")), entry.get("top1_interval")
+            if top1 and isinstance(interval, list) and len(interval) == 2:
+                top1 += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
             table.add_row(
-                precision, name, _fmt(entry.get("max_abs")), _fmt(entry.get("min_cosine"), ".6f"),
-                _fmt(entry.get("top1_agreement")), ",".join(map(str, entry.get("batches", []))), gate,
+                precision, name, _fmt(entry.get("max_abs")), _fmt(entry.get("min_cosine"), ".6f"), top1,
+                _fmt(entry.get("n")), ",".join(map(str, entry.get("batches", []))), gate,
             )
     table.caption = "\n".join(notes) or None
     return table
@@ -41,74 +53,81 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
     return "" if value is None else format(value, spec) if isinstance(value, float) else str(value)
 
 
-def summary_table(manifest: dict[str, Any], root: Path) -> Table:
-    """A readable summary of a manifest."""
+def summary_table(manifest: Manifest, run_config: dict[str, Any], root: Path) -> Table:
+    """A readable summary of a manifest and the run config stored beside it."""
     table = Table(title=f"bundle {root}", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
-    clip = manifest.get("model", {}).get("clip", {})
-    head = manifest.get("model", {}).get("head", {})
-    files = manifest.get("files", {})
+    clip = run_config.get("clip") or {}
+    head = run_config.get("head") or {}
     rows = {
-        "format": manifest.get("format_version"),
-        "created": f"{manifest.get('created_utc')} by crisis-tool {manifest.get('crisis_tool_version')}",
-        "task": f"{manifest.get('task')} ({', '.join(manifest.get('labels', []))})",
-        "text source": manifest.get("text_source"),
+        "format": manifest.format_version,
+        "created": f"{manifest.created_utc} by crisis-tool {manifest.crisis_tool_version}",
+        "task": f"{manifest.task} ({', '.join(manifest.labels)})",
+        "text source": manifest.text_source,
         "clip": f"{clip.get('model_name')} / {clip.get('pretrained')} "
         f"(sha256 {str(clip.get('weights_sha256'))[:12]})",
         "head": f"{head.get('head')} modality={head.get('modality')}",
-        "precision": f"{manifest.get('precision')} (graphs: {', '.join(sorted(manifest.get('graphs', {})))})",
-        "validated": ", ".join(f"{k}={v}" for k, v in manifest.get("validated", {}).items()),
-        "forced": manifest.get("forced"),
+        "precision": f"{manifest.precision} (graphs: {', '.join(sorted(manifest.graphs))})",
+        "validated": ", ".join(f"{k}={v}" for k, v in manifest.validated.items()),
+        "forced": manifest.forced,
         "engines": ", ".join(
-            f"{p}/{c} ({e.get('gpu_name')}, sm {e.get('compute_capability')}, TRT {e.get('trt_version')})"
-            for p, comps in (manifest.get("engines") or {}).items() for c, e in comps.items()
-        ) or "none (build on the target: crisis-tool export --from-bundle BUNDLE --engine trt)",
-        "files": f"{len(files)} ({sum(f['size'] for f in files.values())} bytes)",
-        "versions": ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items()),
+            f"{p}/{g} ({e.gpu_name}, sm {e.compute_capability}, TRT {e.trt_version})"
+            for p, entries in manifest.engines.items() for g, e in entries.items()
+        ) or "none (build on the target: crisis-tool export --from-bundle BUNDLE --format trt)",
+        "files": f"{len(manifest.files)} ({sum(f.size for f in manifest.files.values())} bytes)",
+        "versions": ", ".join(f"{k} {v}" for k, v in manifest.versions.items()),
     }
     for key, value in rows.items():
         table.add_row(key, str(value))
     return table
 
 
+def _format_help() -> str:
+    rows = [f"{f.name} ({f.description}; builds from a {f.builds_from}; needs {', '.join(f.needs)})"
+            for f in EXPORT_FORMATS.values()]
+    return "Export format: " + "; ".join(rows) + "."
+
+
 def register(app: typer.Typer) -> None:
+    bundle_formats = ", ".join(f.name for f in EXPORT_FORMATS.values() if f.builds_from == BUNDLE)
+
     @app.command("export")
     def export(
         model: Path | None = typer.Option(None, "--model", help="Run dir from `crisis-tool train`."),
         out: Path | None = typer.Option(None, "--out", help="Bundle directory to write."),
         from_bundle: Path | None = typer.Option(
-            None, "--from-bundle", help="Existing ONNX bundle: build TensorRT engines for it on this GPU."
+            None, "--from-bundle", help=f"Existing bundle to add a format to on this machine ({bundle_formats})."
         ),
-        engine: str = typer.Option("onnx", "--engine", help="onnx, or trt to also build TensorRT engines."),
-        precision: str | None = typer.Option(None, "--precision", help="fp32 (default), fp16 or int8."),
+        format_: str = typer.Option(DEFAULTS["format"], "--format", "--engine", help=_format_help()),
+        precision: str | None = typer.Option(
+            None, "--precision", help=f"{', '.join(PRECISIONS)} (default fp32, or the bundle's own)."
+        ),
         max_batch: int | None = typer.Option(
-            None, "--max-batch", help="Largest batch: TensorRT profile max, validation cap (default 64)."
+            None, "--max-batch",
+            help=f"Largest batch: TensorRT profile max, validation cap (default {DEFAULT_MAX_BATCH}, "
+            "or the bundle's own with --from-bundle).",
         ),
-        opset: int = typer.Option(17, "--opset", help="ONNX opset."),
-        force: bool = typer.Option(False, "--force", help="Write even if a parity gate fails; replace --out"),
-        tar: bool = typer.Option(False, "--tar", help="Also write BUNDLE_DIR.tar.gz."),
+        opset: int = typer.Option(DEFAULTS["opset"], "--opset", help="ONNX opset."),
+        force: bool = typer.Option(DEFAULTS["force"], "--force",
+                                   help="Write even if a parity gate fails; replace --out"),
+        tar: bool = typer.Option(DEFAULTS["tar"], "--tar", help="Also write BUNDLE_DIR.tar.gz."),
         timing_cache: Path | None = typer.Option(None, "--timing-cache", help="TensorRT timing cache file."),
+        calib_data: Path | None = typer.Option(
+            None, "--calib-data", help="Records (JSONL or a folder, as predict reads) for int8 calibration and the "
+            "fp32/fp16/int8 parity gates; without it both use generated inputs (recorded as such)."),
     ) -> None:
         """Export a trained run to a validated, portable bundle (ONNX; TensorRT engines on a GPU)."""
+        from crisis_tool.export.formats import run_export
+
+        opts = ExportOptions(model=model, out=out, from_bundle=from_bundle, format=format_, precision=precision,
+                             max_batch=max_batch, opset=opset, force=force, tar=tar, timing_cache=timing_cache,
+                             calib_data=calib_data)
+        result = run_export(opts, progress=lambda text: console.print(f"[dim]{text}…[/dim]"))
+        for graph, e in result.built.items():
+            console.print(f"{graph}: {e['file']} ({e['gpu_name']}, TRT {e['trt_version']})")
         if from_bundle is not None:
-            if model is not None or engine != "trt":
-                raise UsageError("--from-bundle builds TensorRT engines: use --engine trt and no --model")
-            from crisis_tool.export.tensorrt_build import build_bundle_engines
-
-            entries = build_bundle_engines(from_bundle, precision, max_batch, timing_cache)
-            for component, e in entries.items():
-                console.print(f"{component}: {e['file']} ({e['gpu_name']}, TRT {e['trt_version']})")
             return
-        if model is None or out is None:
-            raise UsageError("export needs --model RUN_DIR and --out BUNDLE_DIR "
-                             "(or --from-bundle BUNDLE --engine trt)")
-        from crisis_tool.export.exporter import ExportOptions, export_bundle
-
-        opts = ExportOptions(model=model, out=out, engine=engine, precision=precision or "fp32",
-                             max_batch=max_batch or 64, opset=opset, force=force, tar=tar,
-                             timing_cache=timing_cache)
-        result = export_bundle(opts, progress=lambda text: console.print(f"[dim]{text}…[/dim]"))
         console.print(parity_table(result.manifest))
         if result.failed:
             console.print(f"[yellow]warning: parity gate failed ({', '.join(result.failed)}); "
@@ -117,17 +136,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command("inspect")
     def inspect(bundle: Path = typer.Argument(..., help="Bundle directory.")) -> None:
-        """Print a bundle's manifest as a summary and its parity table."""
-        from crisis_tool.runtime.bundle import read_manifest
+        """Print a bundle's manifest as a summary and its parity table (without checking hashes)."""
+        from crisis_tool.runtime.bundle import Bundle
 
-        manifest = read_manifest(bundle)
-        console.print(summary_table(manifest, bundle))
-        console.print(parity_table(manifest))
+        loaded = Bundle.load(bundle, verify=False)
+        console.print(summary_table(loaded.manifest, loaded.run_config(), bundle))
+        console.print(parity_table(loaded.manifest))
 
     @app.command("verify")
     def verify(bundle: Path = typer.Argument(..., help="Bundle directory.")) -> None:
-        """Check every file of a bundle against the sha256 and size in its manifest."""
+        """Check a bundle: its manifest's digest and schema, every file's sha256 and size, and its run config."""
         from crisis_tool.runtime.bundle import verify_bundle
+        from crisis_tool.runtime.manifest import MANIFEST_NAME
 
         manifest = verify_bundle(bundle)
-        console.print(f"ok: {len(manifest['files'])} files match {bundle}/manifest.json")
+        console.print(f"ok: {len(manifest.files)} files match {bundle}/{MANIFEST_NAME}")

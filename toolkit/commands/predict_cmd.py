@@ -4,7 +4,9 @@ Inputs: a CrisisMMD split TSV (needs --image-root, the folder its `image` column
 of {"id", "text", "image", "llava_text"?} (relative images resolve against --image-root or the file's folder),
 a folder of images (same-stem .txt files give the text) or "-" for JSONL on stdin (answered batch by batch as
 it arrives). Output: JSONL, one line per input record in input order ("-" = stdout).
-Exit codes: 0 every record classified, 3 some records failed (their lines carry "error"), 2 usage errors.
+Exit codes: 0 every record classified, 3 some records failed (their lines carry "error"), 2 usage errors,
+130 Ctrl-C. A file output is written to a temporary sibling and renamed into place when the run completes (an
+existing file is untouched by a failed run); on Ctrl-C the lines answered so far are kept as `<output>.partial`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+
+from crisis_tool.runtime.file_guard import DEFAULT_MAX_IMAGE_BYTES
 
 if TYPE_CHECKING:
     from crisis_tool.runtime.predictor import Predictor
@@ -29,6 +33,7 @@ PROVIDER_ALIASES = {
     "trt": "TensorrtExecutionProvider",
 }
 EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130
 
 
 def parse_providers(value: str | None) -> list[str] | None:
@@ -40,8 +45,8 @@ def parse_providers(value: str | None) -> list[str] | None:
 
 
 def _check_bundle_arg(bundle: Path) -> None:
-    from crisis_tool.runtime.bundle import MANIFEST_NAME
     from crisis_tool.runtime.errors import UsageError
+    from crisis_tool.runtime.manifest import MANIFEST_NAME
 
     if not bundle.exists():
         raise UsageError(f"bundle not found: {bundle}")
@@ -49,8 +54,40 @@ def _check_bundle_arg(bundle: Path) -> None:
         raise UsageError(f"{bundle} is not a bundle (no {MANIFEST_NAME}); make one with `crisis-tool export`")
 
 
+def _check_output_arg(output: str, input_: str, bundle: Path) -> None:
+    """UsageError before any work when --output would overwrite an input, an image or a bundle file."""
+    from crisis_tool.runtime.atomic_files import refuse_overwriting_inputs
+    from crisis_tool.runtime.errors import UsageError
+    from crisis_tool.runtime.records import IMAGE_SUFFIXES
+
+    if output == "-":
+        return
+    refuse_overwriting_inputs(output, [input_])
+    path = Path(output).resolve()
+    if path.is_relative_to(bundle.resolve()):
+        raise UsageError(f"--output {output} is inside the bundle {bundle}; choose another output path")
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        raise UsageError(f"--output {output} is an existing image; refusing to overwrite it with JSONL")
+
+
+def _report_interrupt(writer: JsonlWriter) -> None:
+    """One line for Ctrl-C: where the records answered so far are, if anywhere."""
+    from crisis_tool.runtime.interrupts import report_interrupt
+
+    if writer.partial_path is not None:
+        report_interrupt(f"interrupted; the {writer.count} records answered so far are in {writer.partial_path} "
+                         f"({writer.target} was left as it was)")
+    elif writer.is_stream:
+        report_interrupt(f"interrupted after {writer.count} records")
+    else:
+        report_interrupt(f"interrupted; {writer.target} was left as it was")
+
+
 def register(app: typer.Typer) -> None:
     """Add the `predict` command to `app`."""
+    from crisis_tool.runtime.backends import backend_names
+
+    backends = ", ".join(backend_names())  # read when the CLI is built: registered backends included
 
     @app.command("predict")
     def predict(
@@ -59,7 +96,7 @@ def register(app: typer.Typer) -> None:
             ..., "--input", help="A CrisisMMD .tsv, a .jsonl, a folder of images, or '-' for JSONL on stdin."
         ),
         output: str = typer.Option(..., "--output", help="Output .jsonl, or '-' for stdout."),
-        backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime, tensorrt or torch."),
+        backend: str = typer.Option("onnxruntime", "--backend", help=f"One of: {backends}."),
         precision: str | None = typer.Option(
             None, "--precision", help="fp32, fp16 or int8 (default: the bundle's own precision)."
         ),
@@ -72,21 +109,41 @@ def register(app: typer.Typer) -> None:
             help="ONNX Runtime providers in order, e.g. 'cpu' or 'TensorrtExecutionProvider,cuda,cpu'.",
         ),
         threads: int | None = typer.Option(None, "--threads", min=1, help="Intra-op threads (onnxruntime)."),
+        max_image_bytes: int = typer.Option(
+            DEFAULT_MAX_IMAGE_BYTES, "--max-image-bytes", min=1,
+            help="Largest image file (encoded bytes) a record may name; larger ones are that record's error.",
+        ),
+        decode: str = typer.Option(
+            "exact", "--decode",
+            help="exact (full-size decode, as in training) or fast (JPEGs decode at 1/2-1/8 scale, keeping at "
+                 "least twice the model's input size, then the same resize).",
+        ),
     ) -> None:
         """Predict a label for every record; failed records get an "error" line, never a crash."""
+        from crisis_tool.runtime.image_decode import ImageLimits, check_decode_mode
+        from crisis_tool.runtime.interrupts import prompt_interrupt
         from crisis_tool.runtime.predictor import Predictor
         from crisis_tool.runtime.records import read_records
         from crisis_tool.runtime.writers import JsonlWriter
 
         _check_bundle_arg(bundle)
-        items = read_records(input_, image_root)
-        predictor = Predictor.from_bundle(
-            bundle, backend=backend, max_batch=batch_size, precision=precision,
-            providers=parse_providers(providers), threads=threads,
-        )
-        start = time.perf_counter()
-        with predictor, JsonlWriter(output) as writer:
-            _write_all(predictor, items, writer, flush_each=output == "-")
+        _check_output_arg(output, input_, bundle)
+        limits = ImageLimits(max_bytes=max_image_bytes)
+        check_decode_mode(decode)
+        with prompt_interrupt():
+            items = read_records(input_, image_root)
+            predictor = Predictor.from_bundle(
+                bundle, backend=backend, max_batch=batch_size, precision=precision,
+                providers=parse_providers(providers), threads=threads, image_limits=limits, decode=decode,
+            )
+            start = time.perf_counter()
+            writer = JsonlWriter(output, keep_partial=True)
+            try:
+                with predictor, writer:
+                    _write_all(predictor, items, writer, flush_each=writer.is_stream)
+            except KeyboardInterrupt:
+                _report_interrupt(writer)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
         elapsed = time.perf_counter() - start
         engine = predictor.backend
         rate = writer.count / max(elapsed, 1e-9)

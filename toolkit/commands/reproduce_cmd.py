@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from crisis_tool.train_options import DEFAULT_CLIP_MODEL, DEFAULT_PRETRAINED
+from crisis_tool.train_options import TRAIN_DEFAULTS as D
+
 
 def register(app: typer.Typer) -> None:
     @app.command("reproduce")
@@ -15,14 +18,14 @@ def register(app: typer.Typer) -> None:
         tasks: str = typer.Option("informative,humanitarian,damage", help="Comma-separated tasks."),
         seeds: int = typer.Option(3, help="Seeds per configuration."),
         llava_file: Path | None = typer.Option(None, help="LLaVA texts (else a LLaVA_text TSV column)."),
-        clip_model: str = typer.Option("ViT-B-32", help="OpenCLIP architecture."),
-        pretrained: str = typer.Option("openai", help="OpenCLIP tag, checkpoint path or none."),
-        splits: str = typer.Option("settingA", help="settingA | all | agreed_label."),
+        clip_model: str = typer.Option(DEFAULT_CLIP_MODEL, help="OpenCLIP architecture."),
+        pretrained: str = typer.Option(DEFAULT_PRETRAINED, help="OpenCLIP tag, checkpoint path or none."),
+        splits: str = typer.Option(D["splits"], help="settingA | all | agreed_label."),
         split: str = typer.Option("test", help="Split to report (dev when a task has no test split)."),
-        optimizer: str = typer.Option("sgd", help="sgd (paper) | adamw."),
-        lr: float = typer.Option(1e-3, help="Learning rate."),
-        epochs: int = typer.Option(50, help="Maximum epochs per run."),
-        early_stop: int = typer.Option(10, help="Early-stopping patience (epochs)."),
+        optimizer: str = typer.Option(D["optimizer"], help="sgd (paper) | adamw."),
+        lr: float = typer.Option(D["lr"], help="Learning rate."),
+        epochs: int = typer.Option(D["epochs"], help="Maximum epochs per run."),
+        early_stop: int = typer.Option(D["early_stop"], help="Early-stopping patience (epochs)."),
         cache_dir: Path | None = typer.Option(None, help="Feature cache."),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop rows with missing/unreadable images."),
     ) -> None:

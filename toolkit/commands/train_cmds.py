@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from crisis_tool.runtime.errors import UsageError
+from crisis_tool.train_options import DEFAULT_CLIP_MODEL, DEFAULT_PRETRAINED
+from crisis_tool.train_options import TRAIN_DEFAULTS as D
 
 
 def _print_report(report: dict) -> None:
@@ -31,19 +33,19 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., "--data", help="CrisisMMD_v2.0 folder (split TSVs + data_image/)."),
         task: str = typer.Option(..., "--task", help="informative | humanitarian | damage (or task1..task3)."),
         out: Path = typer.Option(..., "--out", help="Run dir to write."),
-        head: str = typer.Option("guided-diff", help="guided | guided-diff | reference (authors' code)."),
-        modality: str = typer.Option("both", help="both | image | text."),
-        text: str = typer.Option("tweet", "--text", help="tweet | llava | tweet+llava."),
+        head: str = typer.Option(D["head"], help="guided | guided-diff | reference (authors' code)."),
+        modality: str = typer.Option(D["modality"], help="both | image | text."),
+        text: str = typer.Option(D["text_source"], "--text", help="tweet | llava | tweet+llava."),
         llava_file: Path | None = typer.Option(None, help="LLaVA texts (caption JSONL or TSV with LLaVA_text)."),
-        clip_model: str = typer.Option("ViT-B-32", help="OpenCLIP architecture (crisis-tiny for tests)."),
-        pretrained: str = typer.Option("openai", help="OpenCLIP tag, checkpoint path, or none (random)."),
-        splits: str = typer.Option("settingA", help="settingA | all | agreed_label."),
-        optimizer: str = typer.Option("sgd", help="sgd (paper) | adamw."),
-        lr: float = typer.Option(1e-3, help="Learning rate."),
-        batch_size: int = typer.Option(32, help="Batch size."),
-        epochs: int = typer.Option(50, help="Maximum epochs."),
-        early_stop: int = typer.Option(10, help="Stop after this many epochs without dev improvement."),
-        seed: int = typer.Option(0, help="Random seed (deterministic on the CPU)."),
+        clip_model: str = typer.Option(DEFAULT_CLIP_MODEL, help="OpenCLIP architecture (crisis-tiny for tests)."),
+        pretrained: str = typer.Option(DEFAULT_PRETRAINED, help="OpenCLIP tag, checkpoint path, or none (random)."),
+        splits: str = typer.Option(D["splits"], help="settingA | all | agreed_label."),
+        optimizer: str = typer.Option(D["optimizer"], help="sgd (paper) | adamw."),
+        lr: float = typer.Option(D["lr"], help="Learning rate."),
+        batch_size: int = typer.Option(D["batch_size"], help="Batch size."),
+        epochs: int = typer.Option(D["epochs"], help="Maximum epochs."),
+        early_stop: int = typer.Option(D["early_stop"], help="Stop after this many epochs without dev improvement."),
+        seed: int = typer.Option(D["seed"], help="Random seed (deterministic on the CPU)."),
         cache_dir: Path | None = typer.Option(None, help="Feature cache (default ~/.cache/crisis-tool/features)."),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop rows with missing/unreadable images."),
     ) -> None:

@@ -4,7 +4,7 @@ Images: JPEG files of varied sizes (phone photos to thumbnails) written to a fol
 Texts: lengths (in CLIP tokens, sot and eot included) drawn from the distribution measured on the real
 CrisisMMD tweets, not always the 77-token maximum.
 
-Measured (11,725 distinct settingA tweet_text values of /work/shared/data/crisismmd_real/settingA/*.tsv,
+Measured (11,725 distinct tweet_text values of the CrisisMMD v2.0 settingA split TSVs,
 runtime ClipTokenizer, non-zero ids per row):
 * after `clean_tweet` (what the Predictor feeds the encoder): median 18, p10 12, p90 27, p99 38, max 77
   (4 tweets, 0.03%, reach 77). Per TSV row (19,505 rows, duplicates kept): median 18, p90 27, p99 39.
@@ -61,7 +61,7 @@ def make_jpeg(size: tuple[int, int], rng: np.random.Generator, quality: int = 85
     """A photo-like JPEG: smooth colour gradients plus noise (compresses like a real photo, decodes fully)."""
     w, h = size
     small = rng.integers(0, 256, size=(max(2, h // 64), max(2, w // 64), 3), dtype=np.uint8)
-    base = np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR), dtype=np.int16)
+    base = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR), dtype=np.int16)
     noise = rng.integers(-12, 13, size=base.shape, dtype=np.int16)
     pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
     buf = io.BytesIO()
@@ -100,7 +100,7 @@ def load_records(source: str | Path, image_root: str | Path | None = None, limit
     for item in read_records(path, image_root):
         if isinstance(item, RecordError) or not item.image or not (item.text or "").strip():
             continue
-        if not Path(item.image).is_file():
+        if not isinstance(item.image, str) or not Path(item.image).is_file():
             continue
         records.append(item)
         if limit is not None and len(records) >= limit:

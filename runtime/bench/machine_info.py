@@ -74,7 +74,7 @@ def package_version(name: str) -> str | None:
 def blas_name() -> str:
     """numpy's BLAS, e.g. "scipy-openblas 0.3.31" (what the GEMM roofline measures)."""
     try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]  # type: ignore[index]
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
     except Exception:  # noqa: BLE001 - numpy < 1.26 has no dict mode
         return "unknown BLAS"

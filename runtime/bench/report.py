@@ -1,4 +1,4 @@
-"""Bench output: a rich table with the machine header, JSON, a Markdown table and a PNG plot."""
+"""Bench output: a rich table with the machine header, JSON, a Markdown table and a PNG plot (written atomically)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+
+from crisis_tool.runtime.atomic_files import atomic_write_text
+from crisis_tool.runtime.charts import line_chart
+from crisis_tool.runtime.errors import UsageError
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("choice", "backend"), ("precision", "prec"), ("provider", "provider"), ("batch_size", "batch"),
@@ -53,7 +57,7 @@ def header_lines(header: dict[str, Any]) -> list[str]:
         f"(best numpy fp32 matmul, 1024-2048 before the rows and 2048 once per round; mean of the per-round "
         f"matmuls {header.get('gemm_gflops_interleaved_mean')}; {header.get('blas')}, {header.get('threads')} threads)"
         + (f"; encoder FLOPs {header['flops_note']}" if header.get("flops_note") else ""),
-        f"bundle: {header.get('bundle')}, component: {header.get('component')}, inputs: {header.get('inputs')}",
+        f"bundle: {header.get('bundle')}, workload: {header.get('workload')}, inputs: {header.get('inputs')}",
         f"method: {header.get('warmup')} warm-up reps, then ~{header.get('seconds_per_row')} s per row "
         f"interleaved round-robin; {header.get('timing')}; parity vs {header.get('parity_reference') or 'n/a'}",
     ]
@@ -92,10 +96,8 @@ def render_table(result: dict[str, Any]) -> Group:
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return path
+    """Header and rows as JSON (written atomically)."""
+    return atomic_write_text(path, json.dumps(result, indent=2) + "\n")
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -110,17 +112,12 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write_markdown(result: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(markdown(result), encoding="utf-8")
-    return path
+    """The Markdown table (written atomically)."""
+    return atomic_write_text(path, markdown(result))
 
 
 def write_plot(result: dict[str, Any], path: str | Path) -> Path:
-    """PNG line chart of items/s vs batch size, one line per backend/precision (ok rows only)."""
-    from crisis_tool.runtime.charts import line_chart
-    from crisis_tool.runtime.errors import UsageError
-
+    """PNG line chart of items/s vs batch size, one line per backend/precision (ok rows only), written atomically."""
     series: dict[str, list[tuple[float, float]]] = {}
     variants = {row.get("text_tokens") for row in result["rows"]}
     for row in result["rows"]:
@@ -130,5 +127,5 @@ def write_plot(result: dict[str, Any], path: str | Path) -> Path:
     if not series:
         raise UsageError(f"--plot {path}: no row ran, nothing to plot")
     header = result["header"]
-    title = f"crisis-tool bench ({header.get('component')}) on {header.get('cpu')}, {header.get('threads')} threads"
+    title = f"crisis-tool bench ({header.get('workload')}) on {header.get('cpu')}, {header.get('threads')} threads"
     return line_chart(series, path, title, "batch size", "items/s", log2_x=True)

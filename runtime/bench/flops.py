@@ -48,8 +48,8 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
         tensor = value.type.tensor_type
         if not tensor.HasField("shape"):
             continue
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-        shapes[value.name] = None if any(d is None for d in dims) else tuple(int(d) for d in dims)
+        dims = [int(d.dim_value) for d in tensor.shape.dim if d.HasField("dim_value")]
+        shapes[value.name] = tuple(dims) if len(dims) == len(tensor.shape.dim) else None
     for init in graph.initializer:
         shapes[init.name] = tuple(int(d) for d in init.dims)
     return shapes

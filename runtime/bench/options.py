@@ -1,0 +1,62 @@
+"""What one `crisis-tool bench` run measures: the options, their defaults (read by the CLI) and their bounds.
+
+Every bound is checked before any work starts, so a typo such as `--batch-sizes 100000` or `--seconds nan`
+is one usage error instead of gigabytes of generated inputs or a run that never ends.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from crisis_tool.runtime.backends import backend_variants
+from crisis_tool.runtime.errors import UsageError
+
+WORKLOADS = ("e2e", "image", "text", "head")
+DEFAULT_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "onnxruntime-fp16", "tensorrt", "tensorrt-fp16")
+MAX_BATCH_SIZE = 256  # generated inputs: 2-4 batches of distinct JPEGs per batch size
+MAX_SECONDS = 3600.0
+MAX_WARMUP = 100
+MAX_THREADS = 1024
+
+
+@dataclass
+class BenchOptions:
+    bundle: Path
+    backends: tuple[str, ...] = DEFAULT_BACKENDS  # registry variants: name or name-precision
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    workload: str = "e2e"
+    seconds: float = 3.0  # timed budget per row
+    warmup: int = 2
+    threads: int | None = None
+    records: Path | None = None
+    image_root: Path | None = None
+    # generated text lengths, one row set each: None = real tweet lengths, N = every text N tokens (77: no
+    # trimming possible, the fixed-length baseline)
+    text_tokens: tuple[int | None, ...] = (None,)
+    seed: int = 0
+    gemm_seconds: float = 1.5
+    measure_gemm: bool = True
+
+    def check(self) -> None:
+        """UsageError (one line) for any option out of its bounds; nothing has run yet."""
+        variants = backend_variants()
+        if not self.backends:
+            raise UsageError("--backends: give at least one backend")
+        unknown = [b for b in self.backends if b not in variants]
+        if unknown:
+            raise UsageError(f"unknown backend(s) {', '.join(unknown)} (choose from {', '.join(variants)})")
+        if self.workload not in WORKLOADS:
+            raise UsageError(f"--workload {self.workload!r}: choose from {', '.join(WORKLOADS)}")
+        if not self.batch_sizes or any(not 1 <= b <= MAX_BATCH_SIZE for b in self.batch_sizes):
+            raise UsageError(f"--batch-sizes: integers from 1 to {MAX_BATCH_SIZE}, e.g. 1,8,32")
+        for flag, value in (("--seconds", self.seconds), ("--gemm-seconds", self.gemm_seconds)):
+            if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+                raise UsageError(f"{flag} {value}: a number of seconds above 0 and at most {MAX_SECONDS:g}")
+        if not 0 <= self.warmup <= MAX_WARMUP:
+            raise UsageError(f"--warmup {self.warmup}: between 0 and {MAX_WARMUP}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise UsageError(f"--threads {self.threads}: between 1 and {MAX_THREADS}")
+        if not self.text_tokens or any(t is not None and not 2 <= t <= 77 for t in self.text_tokens):
+            raise UsageError("--text-tokens: 'real' or token counts between 2 and 77, e.g. real,77")

@@ -1,0 +1,82 @@
+"""Prometheus metrics of the serve replicas, through Ray's metrics agent (`ray.util.metrics`).
+
+Ray exports them with a `ray_` prefix on each node's metrics port (`ray start --metrics-export-port`), next to
+Ray Serve's own `ray_serve_*` metrics:
+
+* `crisis_serve_requests` (counter; tags route, status): HTTP requests answered by a replica.
+* `crisis_serve_request_latency_s` (histogram; tag route): time from request to answer inside the replica.
+* `crisis_serve_batch_size` (histogram): records per model batch formed by `@serve.batch`.
+* `crisis_serve_records` (counter): records classified (including failed ones).
+* `crisis_serve_record_errors` (counter): records answered with a per-record error.
+
+The replica also keeps plain totals (`ReplicaStats`), which `PredictorServer.stats()` returns.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+
+from ray.util.metrics import Counter, Histogram
+
+LATENCY_BOUNDS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+@dataclass
+class ReplicaStats:
+    """Totals of one replica since it started."""
+
+    requests: int = 0
+    records: int = 0
+    record_errors: int = 0
+    batches: int = 0
+    batched_records: int = 0  # records that went through the model's batches
+
+    @property
+    def mean_batch(self) -> float:
+        return self.batched_records / self.batches if self.batches else 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {**asdict(self), "mean_batch": self.mean_batch}
+
+
+class ServeMetrics:
+    """The replica's Ray metrics and its own totals, updated together."""
+
+    def __init__(self) -> None:
+        self.stats = ReplicaStats()
+        self._lock = threading.Lock()
+        self._requests = Counter("crisis_serve_requests", "HTTP requests answered", tag_keys=("route", "status"))
+        self._latency = Histogram("crisis_serve_request_latency_s", "Request latency inside the replica (s)",
+                                  boundaries=LATENCY_BOUNDS_S, tag_keys=("route",))
+        self._batch = Histogram("crisis_serve_batch_size", "Records per model batch", boundaries=BATCH_BOUNDS)
+        self._records = Counter("crisis_serve_records", "Records classified, failed ones included")
+        self._errors = Counter("crisis_serve_record_errors", "Records answered with a per-record error")
+
+    def request(self, route: str, status: int, seconds: float) -> None:
+        tags = {"route": route, "status": str(status)}
+        self._requests.inc(1, tags=tags)
+        self._latency.observe(seconds, tags={"route": route})
+        with self._lock:
+            self.stats.requests += 1
+
+    def batch(self, size: int, errors: int) -> None:
+        self._batch.observe(size)
+        self._records.inc(size)
+        if errors:
+            self._errors.inc(errors)
+        with self._lock:
+            self.stats.batches += 1
+            self.stats.batched_records += size
+            self.stats.records += size
+            self.stats.record_errors += errors
+
+    def rejected_records(self, errors: int) -> None:
+        """Records refused before batching (a `RecordError` from the request): counted as records and errors."""
+        if errors:
+            self._records.inc(errors)
+            self._errors.inc(errors)
+            with self._lock:
+                self.stats.records += errors
+                self.stats.record_errors += errors

@@ -1,0 +1,55 @@
+"""The TensorRT Q/DQ graphs, on the CPU: only weight-bearing ops are quantized, every scale is finite, and each
+graph passes the int8 gate in onnxruntime before a builder would see it (quantizing every op, as before, gave the
+text encoder infinite scales on the attention mask's Cast and a cosine of about 0.1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from crisis_tool.export.calibration import CalibrationSpec
+from crisis_tool.export.engine_parity import bundle_gate_cases, gated_qdq_graph
+from crisis_tool.export.qdq import QUANTIZED_OP_TYPES, scale_problems
+from crisis_tool.runtime.tokenizer import ClipTokenizer
+
+
+@pytest.fixture(scope="module")
+def gate(tiny_bundle: Path):
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    fp32 = {g: tiny_bundle / e["file"] for g, e in manifest["graphs"]["fp32"].items()}
+    tok = ClipTokenizer(tiny_bundle / manifest["tokenizer"]["vocab_file"],
+                        context_length=manifest["tokenizer"]["context_length"])
+    _, cases = bundle_gate_cases(fp32, CalibrationSpec(), preprocess=manifest["preprocess"], tokenizer=tok,
+                                 text_source=manifest["text_source"], max_batch=8)
+    return fp32, cases
+
+
+@pytest.mark.parametrize("graph", ["image_encoder", "text_encoder", "head"])
+def test_qdq_graph_passes_the_int8_gate_in_onnxruntime(gate, graph, tmp_path):
+    fp32, cases = gate
+    path, report = gated_qdq_graph(graph, fp32[graph], tmp_path / f"{graph}.qdq.onnx", cases)
+    assert path is not None and report["passed"], report
+    assert report["quantized_nodes"] > 0 and scale_problems(path) == []
+    if graph != "head":
+        assert report["min_cosine"] >= 0.999
+    else:
+        assert report["top1_agreement"] >= 0.99
+    model = onnx.load(path)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":  # activations are quantized only on their way into a weight op
+            source = producers.get(node.input[0])
+            assert source is None or source.op_type not in ("Shape", "Range", "Equal", "Where", "ArgMax")
+            if source is not None and source.op_type == "Cast":  # only LayerNorm's float cast, never the mask's
+                assert producers[source.input[0]].op_type == "LayerNormalization"
+                assert next(a.i for a in source.attribute if a.name == "to") == onnx.TensorProto.FLOAT
+            dq_out = [n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"
+                      and n.input[0] == node.output[0]]
+            assert all(set(consumers.get(o, [])) <= {*QUANTIZED_OP_TYPES, "Shape"} for o in dq_out)

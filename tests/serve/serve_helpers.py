@@ -1,0 +1,48 @@
+"""Helpers of the Ray tests (not fixtures): free ports, generated PNGs, base64."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+RAY_MISSING = "Ray is not installed (pip install 'crisis-tool[serve]')"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def png_bytes(index: int) -> bytes:
+    """A small PNG whose colour and size depend on `index`."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (40 + index % 23, 32 + index % 7), (37 * index % 256, 255 - 11 * index % 256, 90)).save(
+        buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+README_SECTION = "## Serve and scale out (Ray)"
+
+
+def readme_client() -> Callable[..., Any]:
+    """The `predict` function of the README's Python client, run as written there."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index(README_SECTION):]
+    end = section.find("\n## ", len(README_SECTION))
+    section = section if end == -1 else section[:end]
+    code = section[section.index("```python\n") + len("```python\n"):]
+    namespace: dict[str, Any] = {}
+    exec(code[: code.index("```")], namespace)  # noqa: S102 - our own documentation
+    return namespace["predict"]

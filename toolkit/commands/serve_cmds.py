@@ -1,0 +1,116 @@
+"""`crisis-tool serve` (HTTP with Ray Serve) and `crisis-tool label` (files with Ray Data); both need Ray.
+
+Option defaults live in `crisis_tool.runtime.serve.options`; the work lives in `crisis_tool.runtime.serve`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from crisis_tool.commands.predict_cmd import EXIT_SOME_FAILED, _check_bundle_arg, parse_providers
+from crisis_tool.runtime.serve.options import LabelOptions, PredictorOptions, ServeOptions
+
+_PRED, _SERVE, _LABEL = PredictorOptions(), ServeOptions(), LabelOptions()
+
+BUNDLE = typer.Option(..., "--bundle", help="Bundle folder written by `crisis-tool export`.")
+BACKEND = typer.Option(_PRED.backend, "--backend", help="onnxruntime, tensorrt or torch.")
+PRECISION = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the bundle's own precision).")
+PROVIDERS = typer.Option(None, "--providers", help="ONNX Runtime providers in order, e.g. 'cpu' or 'cuda,cpu'.")
+THREADS = typer.Option(None, "--threads", min=1, help="Intra-op threads per replica or actor (onnxruntime).")
+ADDRESS = typer.Option(None, "--address", help="Join this Ray cluster (e.g. 'auto' or 'HOST:6379') instead of "
+                       "starting a local Ray.")
+
+
+def _predictor_options(
+    bundle: Path, backend: str, precision: str | None, providers: str | None, threads: int | None
+) -> PredictorOptions:
+    names = parse_providers(providers)
+    return PredictorOptions(bundle=bundle.resolve(), backend=backend, precision=precision,
+                            providers=tuple(names) if names else None, threads=threads)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `serve` and `label` commands to `app`."""
+
+    @app.command("serve")
+    def serve(
+        bundle: Path = BUNDLE,
+        backend: str = BACKEND,
+        precision: str | None = PRECISION,
+        providers: str | None = PROVIDERS,
+        threads: int | None = THREADS,
+        address: str | None = ADDRESS,
+        host: str = typer.Option(_SERVE.host, "--host", help="Address to listen on (loopback unless you say so)."),
+        port: int = typer.Option(_SERVE.port, "--port", min=1, max=65535, help="HTTP port."),
+        replicas: int = typer.Option(_SERVE.replicas, "--replicas", min=1, help="Replicas (each one Predictor)."),
+        min_replicas: int | None = typer.Option(None, "--min-replicas", min=0, help="Autoscaling lower bound."),
+        max_replicas: int | None = typer.Option(None, "--max-replicas", min=1, help="Autoscaling upper bound."),
+        gpus_per_replica: float = typer.Option(_SERVE.gpus_per_replica, "--gpus-per-replica", min=0.0),
+        cpus_per_replica: float = typer.Option(_SERVE.cpus_per_replica, "--cpus-per-replica", min=0.0),
+        max_batch: int = typer.Option(_SERVE.max_batch, "--max-batch", min=1,
+                                      help="Records per model batch, across requests."),
+        batch_wait_ms: float = typer.Option(_SERVE.batch_wait_ms, "--batch-wait-ms", min=0.0,
+                                            help="How long a batch waits to fill."),
+        max_ongoing_requests: int = typer.Option(_SERVE.max_ongoing_requests, "--max-ongoing-requests", min=1,
+                                                 help="Requests in flight per replica."),
+        max_body_bytes: int = typer.Option(_SERVE.max_body_bytes, "--max-body-bytes", min=1,
+                                           help="Largest request body accepted."),
+        max_records: int = typer.Option(_SERVE.max_records, "--max-records", min=1, help="Records per request."),
+    ) -> None:
+        """Serve a bundle over HTTP (POST /v1/predict) with Ray Serve, batching records across requests."""
+        from crisis_tool.runtime.serve.server import RunningServer, serve_until_stopped
+
+        _check_bundle_arg(bundle)
+        options = ServeOptions(
+            host=host, port=port, address=address, replicas=replicas, min_replicas=min_replicas,
+            max_replicas=max_replicas, gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
+            max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_ongoing_requests=max_ongoing_requests,
+            max_body_bytes=max_body_bytes, max_records=max_records,
+        )
+        predictor = _predictor_options(bundle, backend, precision, providers, threads)
+
+        def announce(server: RunningServer) -> None:
+            typer.echo(f"serving {bundle} at {server.url} (POST /v1/predict, GET /healthz /readyz /v1/model); "
+                       "Ctrl-C stops", err=True)
+
+        serve_until_stopped(predictor, options, announce)
+
+    @app.command("label")
+    def label(
+        bundle: Path = BUNDLE,
+        input_: list[str] = typer.Option(..., "--input", help="JSONL, TSV or Parquet files, folders or globs "
+                                         "(repeat the option for several)."),
+        output: Path = typer.Option(..., "--output", help="Folder for NAME.predictions.<format> per input."),
+        image_root: Path | None = typer.Option(None, "--image-root", help="Folder image paths are relative to "
+                                               "(required for a TSV)."),
+        output_format: str = typer.Option(_LABEL.output_format, "--format", help="jsonl or parquet."),
+        backend: str = BACKEND,
+        precision: str | None = PRECISION,
+        providers: str | None = PROVIDERS,
+        threads: int | None = THREADS,
+        address: str | None = ADDRESS,
+        concurrency: int = typer.Option(_LABEL.concurrency, "--concurrency", min=1, help="Predictor actors."),
+        batch_size: int = typer.Option(_LABEL.batch_size, "--batch-size", min=1, help="Records per actor call."),
+        gpus_per_actor: float = typer.Option(_LABEL.gpus_per_actor, "--gpus-per-actor", min=0.0),
+        cpus_per_actor: float = typer.Option(_LABEL.cpus_per_actor, "--cpus-per-actor", min=0.0),
+    ) -> None:
+        """Label files with Ray Data; a rerun skips inputs whose output is already complete."""
+        from crisis_tool.runtime.serve.label import run_label
+
+        _check_bundle_arg(bundle)
+        options = LabelOptions(
+            inputs=tuple(input_), output=output, image_root=image_root, output_format=output_format,
+            address=address, concurrency=concurrency, batch_size=batch_size, gpus_per_actor=gpus_per_actor,
+            cpus_per_actor=cpus_per_actor,
+        )
+        summary = run_label(_predictor_options(bundle, backend, precision, providers, threads), options)
+        rate = summary.rows / max(summary.seconds, 1e-9)
+        typer.echo(
+            f"{len(summary.written)} files written, {len(summary.skipped)} already complete (skipped); "
+            f"{summary.rows} records, {summary.errors} errors, {rate:.1f} records/s -> {output}",
+            err=True,
+        )
+        if summary.errors:
+            raise typer.Exit(EXIT_SOME_FAILED)
