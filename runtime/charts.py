@@ -1,6 +1,7 @@
 """Small PNG charts drawn with Pillow only (no matplotlib: the runtime stays lean).
 
-line_chart: one line per series (optional log2 x axis); bar_chart: grouped bars with mean +- std error bars;
+line_chart: one line per series (optional log2 x axis); scatter_chart: labelled points;
+bar_chart: grouped bars with mean +- std error bars;
 heatmap: confusion matrices with the count written in every cell. Each writes a white PNG with a title,
 axes, ticks, axis labels and a legend, and returns its path.
 """
@@ -166,6 +167,30 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], path: str | 
         for px, py in pixels:
             canvas.draw.ellipse((px - 4, py - 4, px + 4, py + 4), fill=colour, outline="white")
     canvas.legend(list(points))
+    return canvas.save(path)
+
+
+def scatter_chart(points: Mapping[str, tuple[float, float]], path: str | Path, title: str, xlabel: str,
+                  ylabel: str) -> Path:
+    """One labelled point per name at (x, y), e.g. a bench row's speed against its macro-F1."""
+    finite = {name: (float(x), float(y)) for name, (x, y) in points.items() if math.isfinite(x) and math.isfinite(y)}
+    if not finite:
+        raise UsageError(f"scatter chart {title!r}: no finite points to draw")
+    xticks = _nice_ticks(*_padded_range([x for x, _ in finite.values()]))
+    yticks = _nice_ticks(*_padded_range([y for _, y in finite.values()]))
+    (xlo, xhi), (ylo, yhi) = (xticks[0], xticks[-1]), (yticks[0], yticks[-1])
+    canvas = _Canvas(title)
+    canvas.y_axis(yticks, ylo, yhi)
+    for t in xticks:
+        x = canvas.xmap(t, xlo, xhi)
+        canvas.draw.line((x, canvas.y0, x, canvas.y1), fill=GRID)
+        canvas.text((x, canvas.y1 + 8), _fmt(t), canvas.small, anchor="mt")
+    canvas.frame(xlabel, ylabel)
+    for i, (name, (x, y)) in enumerate(finite.items()):
+        px, py = canvas.xmap(x, xlo, xhi), canvas.ymap(y, ylo, yhi)
+        canvas.draw.ellipse((px - 6, py - 6, px + 6, py + 6), fill=PALETTE[i % len(PALETTE)], outline="white")
+        canvas.text((px + 9, py - 7 + 14 * (i % 2)), _ellipsize(name, 22), canvas.small)
+    canvas.legend(list(finite))
     return canvas.save(path)
 
 

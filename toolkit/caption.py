@@ -25,11 +25,13 @@ from typing import Any
 
 from crisis_tool.data.llava_text import parse_jsonl
 from crisis_tool.runtime.errors import DataError, MissingDependencyError, UsageError
+from crisis_tool.runtime.file_guard import UnsafeFileError, read_capped
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 DEFAULT_PROMPT_FILE = Path(__file__).resolve().parent / "prompts" / "llava_default.txt"
 DEFAULT_SPLITS = ("train", "dev", "test")
 IMAGE_TOKEN = "<image>"
+MAX_PROMPT_BYTES = 1 << 20  # a prompt is a few hundred bytes; refuse anything that is not a small regular file
 PLACEHOLDER = re.compile(r"\{(tweet|event|image_id|tweet_id)\}")
 ROW_KEYS = ("image_id", "llava_text", "model", "prompt_sha256", "error")
 
@@ -74,9 +76,9 @@ def load_prompt(path: str | Path | None = None) -> Prompt:
     """Read a prompt file (default: the packaged LLaVA-1.5 prompt); it must contain `<image>`."""
     path = Path(path) if path is not None else DEFAULT_PROMPT_FILE
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
+        raw = read_capped(path, MAX_PROMPT_BYTES)
+    except UnsafeFileError as exc:
+        raise UsageError(f"cannot read prompt file {path}: {exc.reason}") from None
     template = raw.decode("utf-8", errors="replace").strip()
     if template.count(IMAGE_TOKEN) != 1:
         raise UsageError(f"prompt file {path} must contain the {IMAGE_TOKEN} placeholder exactly once")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +39,10 @@ except ImportError:  # pragma: no cover - Windows: no locking, no merging
 
 SHARD_SUFFIX = ".npz"
 CORRUPT_SUFFIX = ".corrupt"
+
+
+def log_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 class CorruptShard(Exception):
@@ -67,7 +72,7 @@ class EmbeddingStore:
 
     def __init__(self, folder: Path, dim: int | None = None, save_every: int = 1024,
                  save_interval_s: float = 60.0, compact_above: int = 32,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = log_to_stderr) -> None:
         self.folder = Path(folder)
         self.legacy = self.folder.with_suffix(SHARD_SUFFIX)
         self.dim = dim

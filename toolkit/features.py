@@ -24,7 +24,7 @@ import torch
 
 from crisis_tool.clip_loader import LoadedClip
 from crisis_tool.data.crisismmd import Example
-from crisis_tool.feature_store import EmbeddingStore
+from crisis_tool.feature_store import EmbeddingStore, log_to_stderr
 from crisis_tool.progress import progress_bar
 from crisis_tool.runtime.atomic_files import check_writable_dir
 from crisis_tool.runtime.errors import DataError
@@ -85,7 +85,7 @@ class FeatureCache:
 
     def __init__(self, root: Path, clip: LoadedClip, batch_size: int = 64,
                  max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES, save_every: int = 1024,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = log_to_stderr) -> None:
         self.clip = clip
         self.batch_size = batch_size
         self.max_image_bytes = max_image_bytes
@@ -101,13 +101,15 @@ class FeatureCache:
 
     def encode_texts(self, texts: list[str]) -> list[str]:
         """Encode the unique texts not yet cached; returns their keys. DataError if the encoder gives NaN/inf."""
-        ids = self.tokenizer(texts) if texts else np.zeros((0, self.clip.context_length), np.int64)
-        keys = [sha256_bytes(np.ascontiguousarray(row, dtype=np.int64).tobytes()) for row in ids]
+        unique = list(dict.fromkeys(texts))
+        ids = self.tokenizer(unique) if unique else np.zeros((0, self.clip.context_length), np.int64)
+        key_of = {t: sha256_bytes(np.ascontiguousarray(row, dtype=np.int64).tobytes()) for t, row in zip(unique, ids)}
+        keys = [key_of[t] for t in texts]
         todo = self.texts.missing(keys)
         if not todo:
             return keys
-        rows = {k: row for k, row in zip(keys, ids)}
-        text_of = dict(zip(keys, texts))
+        rows = {key_of[t]: row for t, row in zip(unique, ids)}
+        text_of = {key_of[t]: t for t in unique}
         try:
             with progress_bar("encoding texts", total=len(todo)) as advance:
                 for chunk in _batched(todo, self.batch_size):
@@ -121,8 +123,8 @@ class FeatureCache:
                     self.texts.add(chunk, array)
                     advance(len(chunk))
         finally:
-            self.texts.save()
-            self.texts.compact()
+            self.texts.save()  # on Ctrl-C too: keep what was encoded
+        self.texts.compact()
         return keys
 
     def _flush_images(self, pending: dict[str, np.ndarray], failed: dict[str, str]) -> None:
@@ -168,8 +170,8 @@ class FeatureCache:
                             self._flush_images(pending, failed)
                 self._flush_images(pending, failed)
         finally:
-            self.images.save()
-            self.images.compact()
+            self.images.save()  # on Ctrl-C too: keep what was encoded
+        self.images.compact()
         bad = []
         for i, path in enumerate(paths):
             why = read_errors.get(i) or failed.get(keys[i] or "")

@@ -5,7 +5,8 @@ arrays. The optional hooks have working defaults, so a new backend overrides onl
 `max_batch` (a fixed engine profile), `unavailable_reason()` (a missing package or GPU, asked before loading),
 `bundle_unavailable_reason()` (the bundle lacks this backend's files for a precision),
 `from_bundle()` (how it is built; options it does not take are a UsageError), `synchronize()` and
-`h2d_seconds` (GPU timing for bench), `files()` (what bench reports as the model size), `close()`.
+`h2d_seconds` (GPU timing for bench), `files()` (what bench reports as the model size), `peak_probe()` (the
+engine's MatMul peak, bench's roofline; see `peak_probe`), `close()`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from crisis_tool.runtime.errors import UsageError
 
 if TYPE_CHECKING:
+    from crisis_tool.runtime.backends.peak_probe import PeakProbe
     from crisis_tool.runtime.bundle import Bundle
 
 
@@ -83,6 +85,10 @@ class Backend(ABC):
     def files(self) -> list[Path]:
         """The bundle files this backend runs (bench's size column). Default: none known."""
         return []
+
+    def peak_probe(self) -> PeakProbe | None:
+        """A large MatMul on this engine, session type and precision (bench's "% of peak"); None: unknown."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions, engines and device memory."""

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from crisis_tool.runtime.backends.base import Backend, reject_options
+from crisis_tool.runtime.backends.peak_probe import PeakProbe, onnxruntime_probe
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import BundleError, UsageError
 from crisis_tool.runtime.graph_table import GRAPHS, HEAD, IMAGE_ENCODER, TEXT_ENCODER, check_signature
@@ -116,6 +117,10 @@ class OnnxRuntimeBackend(Backend):
 
     def files(self) -> list[Path]:
         return list(dict.fromkeys(self.paths.values()))
+
+    def peak_probe(self) -> PeakProbe | None:
+        session = next(iter(self.sessions.values()))  # its SessionOptions: the same threads and optimisation
+        return onnxruntime_probe(self.provider, session.get_session_options(), self.precision)
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         types = self._input_types[graph]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from crisis_tool.runtime.backends.base import Backend, reject_options
+from crisis_tool.runtime.backends.peak_probe import PeakProbe, openvino_probe
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import BundleError, MissingDependencyError, UsageError
 from crisis_tool.runtime.graph_table import GRAPHS, HEAD, IMAGE_ENCODER, TEXT_ENCODER, check_signature
@@ -217,6 +218,10 @@ class OpenVinoBackend(Backend):
 
     def files(self) -> list[Path]:
         return sorted(set(self._paths.values()))
+
+    def peak_probe(self) -> PeakProbe | None:
+        compiled = self._graphs[IMAGE_ENCODER].compiled  # its device, inference precision and threads
+        return openvino_probe(_import_openvino().Core(), compiled, self.device, self.graph_precision == "int8")
 
     def close(self) -> None:
         self._graphs.clear()

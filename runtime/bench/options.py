@@ -12,6 +12,7 @@ from pathlib import Path
 
 from crisis_tool.runtime.backends import backend_variants
 from crisis_tool.runtime.errors import UsageError
+from crisis_tool.runtime.image_decode import DECODE_MODES
 
 WORKLOADS = ("e2e", "image", "text", "head")
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "onnxruntime-fp16", "tensorrt", "tensorrt-fp16")
@@ -37,7 +38,12 @@ class BenchOptions:
     text_tokens: tuple[int | None, ...] = (None,)
     seed: int = 0
     gemm_seconds: float = 1.5
-    measure_gemm: bool = True
+    measure_gemm: bool = True  # the roofline: each engine's MatMul peak (engine_peak), probed between rounds
+    decode: tuple[str, ...] = ("exact",)  # image decode modes, one row set each (e2e); "fast" adds a cosine
+    # labelled records (`records` with a `label` field/column): task metrics per row (task_metrics)
+    label_map: dict[str, str] | None = None  # raw label -> class (a task's merged classes)
+    task: str | None = None  # the task the labels are for; must be the bundle's
+    max_drop: float | None = None  # exit 1 when an ok row loses more than this of a metric vs the reference
 
     def check(self) -> None:
         """UsageError (one line) for any option out of its bounds; nothing has run yet."""
@@ -60,3 +66,11 @@ class BenchOptions:
             raise UsageError(f"--threads {self.threads}: between 1 and {MAX_THREADS}")
         if not self.text_tokens or any(t is not None and not 2 <= t <= 77 for t in self.text_tokens):
             raise UsageError("--text-tokens: 'real' or token counts between 2 and 77, e.g. real,77")
+        if not self.decode or any(d not in DECODE_MODES for d in self.decode):
+            raise UsageError(f"--decode: one or more of {', '.join(DECODE_MODES)}, e.g. exact,fast")
+        if self.max_drop is not None:
+            if not (math.isfinite(self.max_drop) and 0 <= self.max_drop <= 1):
+                raise UsageError(f"--max-drop {self.max_drop}: a metric difference between 0 and 1, e.g. 0.01")
+            if self.records is None:
+                raise UsageError("--max-drop needs labelled records: --data ROOT --task T --split S, or --records "
+                                 "FILE with a 'label' field")

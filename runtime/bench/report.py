@@ -11,16 +11,31 @@ from rich.table import Table
 from rich.text import Text
 
 from crisis_tool.runtime.atomic_files import atomic_write_text
+from crisis_tool.runtime.bench.report_lines import extra_lines, peak_line, speed_vs_f1_chart
 from crisis_tool.runtime.charts import line_chart
 from crisis_tool.runtime.errors import UsageError
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("choice", "backend"), ("precision", "prec"), ("provider", "provider"), ("batch_size", "batch"),
-    ("text_tokens", "text"), ("status", "status"), ("model_mb", "MB"), ("p50_ms", "p50 ms"),
+    ("text_tokens", "text"), ("decode", "decode"), ("status", "status"), ("model_mb", "MB"), ("p50_ms", "p50 ms"),
     ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("items_per_s", "items/s"), ("speedup_vs_torch", "speedup"),
-    ("max_abs_diff", "max|diff|"), ("cosine", "min cos"), ("top1_agreement", "top-1"), ("gflops", "GFLOP/s"),
-    ("roofline_pct", "% GEMM"), ("cold_start_s", "cold s"),
+    ("max_abs_diff", "max|diff|"), ("cosine", "min cos"), ("top1_agreement", "top-1"),
+    ("accuracy", "acc"), ("accuracy_diff", "Δacc"), ("macro_f1", "macro-F1"), ("macro_f1_diff", "ΔmF1"),
+    ("weighted_f1", "w-F1"), ("weighted_f1_diff", "ΔwF1"), ("failed", "failed"), ("decode_cosine", "fast cos"),
+    ("gflops", "GFLOP/s"), ("roofline_pct", "% peak"), ("cold_start_s", "cold s"),
 )
+# Shown only when a row has them: task metrics (labelled records), decode modes other than exact.
+OPTIONAL_COLUMNS = {"decode": "exact", **dict.fromkeys(
+    ("accuracy", "accuracy_diff", "macro_f1", "macro_f1_diff", "weighted_f1", "weighted_f1_diff", "failed",
+     "decode_cosine"))}
+
+
+def shown_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """COLUMNS less the optional ones that no row fills (or that hold only their default)."""
+    return [(key, label) for key, label in COLUMNS if key not in OPTIONAL_COLUMNS
+            or any(row.get(key) not in (None, OPTIONAL_COLUMNS[key]) for row in rows)]
+
+
 STAGE_COLUMNS = (("decode_preprocess", "decode+prep"), ("tokenize", "tokenize"), ("image_encoder", "image enc"),
                  ("text_encoder", "text enc"), ("head", "head"))
 
@@ -35,6 +50,12 @@ def fmt(key: str, value: Any) -> str:
         return f"{value:.2e}"
     if key in ("cosine",):
         return f"{value:.6f}"
+    if key.endswith("_diff"):
+        return f"{value:+.4f}"
+    if key in ("accuracy", "macro_f1", "weighted_f1"):
+        return f"{value:.4f}"
+    if key == "decode_cosine":
+        return f"{value:.6f}"
     if key == "top1_agreement":
         return f"{100 * value:.1f}%"
     if key in ("non_encoder_share",):
@@ -47,20 +68,17 @@ def fmt(key: str, value: Any) -> str:
 def header_lines(header: dict[str, Any]) -> list[str]:
     """The machine and method, as printed above the table and in the Markdown file."""
     versions = ", ".join(f"{k} {v}" for k, v in header.get("versions", {}).items() if v)
-    gemm = header.get("gemm_gflops")
-    return [
+    lines = [
         f"CPU: {header.get('cpu')} ({header.get('cpu_count')} CPUs, {header.get('threads')} threads used), "
         f"GPU: {header.get('gpu') or 'none'}, {header.get('os')}, Python {header.get('python')}, "
         f"load average {header.get('load_average')}",
         f"versions: {versions}",
-        f"fp32 GEMM roofline: {f'{gemm:.1f} GFLOP/s' if gemm else 'not measured'} "
-        f"(best numpy fp32 matmul, 1024-2048 before the rows and 2048 once per round; mean of the per-round "
-        f"matmuls {header.get('gemm_gflops_interleaved_mean')}; {header.get('blas')}, {header.get('threads')} threads)"
-        + (f"; encoder FLOPs {header['flops_note']}" if header.get("flops_note") else ""),
+        peak_line(header),
         f"bundle: {header.get('bundle')}, workload: {header.get('workload')}, inputs: {header.get('inputs')}",
         f"method: {header.get('warmup')} warm-up reps, then ~{header.get('seconds_per_row')} s per row "
         f"interleaved round-robin; {header.get('timing')}; parity vs {header.get('parity_reference') or 'n/a'}",
     ]
+    return lines + extra_lines(header)
 
 
 def _stage_text(row: dict[str, Any]) -> str:
@@ -75,14 +93,15 @@ def render_table(result: dict[str, Any]) -> Group:
     """Header lines + one table row per result row (+ the e2e stage split)."""
     rows = result["rows"]
     table = Table(show_lines=False, header_style="bold")
-    for _, label in COLUMNS:
+    columns = shown_columns(rows)
+    for _, label in columns:
         left = label in ("backend", "prec", "provider", "status")
         table.add_column(label, justify="left" if left else "right", no_wrap=label == "status",
                          max_width=14 if label == "status" else None, overflow="ellipsis")
     reasons: dict[str, str] = {}
     for row in rows:
         style = None if row["status"] == "ok" else "dim"
-        table.add_row(*(fmt(key, row.get(key)) for key, _ in COLUMNS), style=style)
+        table.add_row(*(fmt(key, row.get(key)) for key, _ in columns), style=style)
         if row["status"] != "ok":
             reasons.setdefault(row["choice"], row["status"])
     parts: list[Any] = [Text(line) for line in header_lines(result["header"])] + [table]
@@ -103,10 +122,11 @@ def write_json(result: dict[str, Any], path: str | Path) -> Path:
 def markdown(result: dict[str, Any]) -> str:
     """A GitHub Markdown table preceded by the machine header."""
     lines = [f"- {line}" for line in header_lines(result["header"])] + [""]
-    lines.append("| " + " | ".join(label for _, label in COLUMNS) + " | e2e split |")
-    lines.append("|" + "|".join("---" for _ in range(len(COLUMNS) + 1)) + "|")
+    columns = shown_columns(result["rows"])
+    lines.append("| " + " | ".join(label for _, label in columns) + " | e2e split |")
+    lines.append("|" + "|".join("---" for _ in range(len(columns) + 1)) + "|")
     for row in result["rows"]:
-        cells = [fmt(key, row.get(key)).replace("|", "/") for key, _ in COLUMNS] + [_stage_text(row)]
+        cells = [fmt(key, row.get(key)).replace("|", "/") for key, _ in columns] + [_stage_text(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -117,7 +137,12 @@ def write_markdown(result: dict[str, Any], path: str | Path) -> Path:
 
 
 def write_plot(result: dict[str, Any], path: str | Path) -> Path:
-    """PNG line chart of items/s vs batch size, one line per backend/precision (ok rows only), written atomically."""
+    """PNG line chart of items/s vs batch size, one line per backend/precision (ok rows only), written atomically.
+
+    With task metrics: items/s against macro-F1 instead, one labelled point per row.
+    """
+    if any(row.get("macro_f1") is not None for row in result["rows"]):
+        return speed_vs_f1_chart(result, path)
     series: dict[str, list[tuple[float, float]]] = {}
     variants = {row.get("text_tokens") for row in result["rows"]}
     for row in result["rows"]:

@@ -39,6 +39,7 @@ class Row:
     subject: BackendUnderTest
     batch_size: int
     text_tokens: int | None = None  # text tokens of the inputs (None: real tweet lengths)
+    decode: str = "exact"  # the Predictor's image decode mode (e2e rows and task metrics)
     status: str = "ok"
     latencies: list[float] = field(default_factory=list)
     stages: dict[str, list[float]] = field(default_factory=dict)
@@ -70,7 +71,7 @@ def summarise(row: Row, workload: str, gemm: float | None, bundle: Bundle, cold:
     out: dict[str, Any] = {
         "backend": s.name, "choice": s.variant, "precision": s.precision, "workload": workload,
         "provider": s.backend.provider if s.backend else None, "batch_size": row.batch_size,
-        "text_tokens": row.text_tokens or "real", "status": row.status,
+        "text_tokens": row.text_tokens or "real", "decode": row.decode, "status": row.status,
         "model_mb": None, "p50_ms": None, "p90_ms": None, "p99_ms": None, "items_per_s": None, "reps": 0,
         "speedup_vs_torch": None, "max_abs_diff": None, "cosine": None, "top1_agreement": None,
         "gflop_per_item": None, "gflops": None, "roofline_pct": None, "h2d_ms": None, "stages_ms": None,
@@ -105,12 +106,12 @@ def summarise(row: Row, workload: str, gemm: float | None, bundle: Bundle, cold:
 
 def add_comparisons(results: list[dict[str, Any]], rows: list[Row], reference: Row | None) -> None:
     """speedup_vs_torch (ratio of the stored items_per_s) and parity vs the reference row's outputs."""
-    torch_ips = {row.key: res["items_per_s"] for res, row in zip(results, rows, strict=True)
+    torch_ips = {(row.key, row.decode): res["items_per_s"] for res, row in zip(results, rows, strict=True)
                  if row.subject.variant == "torch" and res["items_per_s"]}
     refs = {r.key: r.outputs for r in rows if reference and r.subject is reference.subject and r.outputs}
     for res, row in zip(results, rows, strict=True):
-        if res["items_per_s"] and row.key in torch_ips:
-            res["speedup_vs_torch"] = res["items_per_s"] / torch_ips[row.key]
+        if res["items_per_s"] and (row.key, row.decode) in torch_ips:
+            res["speedup_vs_torch"] = res["items_per_s"] / torch_ips[row.key, row.decode]
         ref = refs.get(row.key)
         if row.outputs is not None and ref is not None:
             res.update(compare(row.outputs, ref))

@@ -19,9 +19,13 @@ from typing import Any
 
 from crisis_tool.runtime.backends import backend_class, backend_variants, create_backend
 from crisis_tool.runtime.bench import inputs as bench_inputs
-from crisis_tool.runtime.bench.machine_info import GemmProbe, cpu_count, machine_header
+from crisis_tool.runtime.bench.decode_modes import decode_cosines, decode_speed, distinct_images
+from crisis_tool.runtime.bench.engine_peak import EnginePeaks
+from crisis_tool.runtime.bench.labelled_records import LabelledSet, read_labelled, timing_records
+from crisis_tool.runtime.bench.machine_info import cpu_count, machine_header
 from crisis_tool.runtime.bench.options import BenchOptions
 from crisis_tool.runtime.bench.rows import BackendUnderTest, Row, add_comparisons, summarise
+from crisis_tool.runtime.bench.task_metrics import attach_task_metrics
 from crisis_tool.runtime.bench.workloads import (
     InputBatch,
     call_once,
@@ -30,7 +34,7 @@ from crisis_tool.runtime.bench.workloads import (
     prepare_batches,
 )
 from crisis_tool.runtime.bundle import Bundle
-from crisis_tool.runtime.errors import MissingDependencyError
+from crisis_tool.runtime.errors import MissingDependencyError, UsageError
 from crisis_tool.runtime.predictor import Predictor
 from crisis_tool.runtime.records import Record
 
@@ -65,7 +69,13 @@ def load_subject(variant: str, bundle: Bundle, opts: BenchOptions, threads: int)
     return subject
 
 
-def _records(opts: BenchOptions, tmp: Path, needed: int, text_tokens: int | None) -> list[Record]:
+def _records(opts: BenchOptions, tmp: Path, needed: int, text_tokens: int | None,
+             labelled: LabelledSet | None = None) -> list[Record]:
+    if labelled is not None:  # the labelled set is the workload: its records that predict cleanly
+        records = timing_records(labelled, needed)
+        if not records:
+            raise UsageError(f"--records {opts.records}: no record has a readable image and a text")
+        return records
     if opts.records is not None:
         return bench_inputs.load_records(opts.records, opts.image_root)
     return bench_inputs.generate_records(needed, tmp / "images", opts.seed, text_tokens)
@@ -106,6 +116,8 @@ def _run_row(row: Row, workload: str, batch: InputBatch) -> None:
     backend = row.subject.backend
     if backend is None:
         raise RuntimeError("row has no backend")
+    if row.subject.predictor is not None:
+        row.subject.predictor.decode_mode = row.decode
     before = backend.h2d_seconds
     elapsed, stages = call_once(workload, backend, row.subject.predictor, batch)
     after = backend.h2d_seconds
@@ -153,13 +165,13 @@ def time_rows(rows: list[Row], inputs: Inputs, opts: BenchOptions,
             progress(f"round {rnd}, {time.perf_counter() - start:.1f}/{budget:.1f} s")
 
 
-def _prepare_inputs(opts: BenchOptions, bundle: Bundle, tmp: Path, say: Callable[[str], None]
-                    ) -> tuple[tuple[int | None, ...], Inputs]:
+def _prepare_inputs(opts: BenchOptions, bundle: Bundle, tmp: Path, say: Callable[[str], None],
+                    labelled: LabelledSet | None = None) -> tuple[tuple[int | None, ...], Inputs]:
     needed = max(b * _batch_count(b) for b in opts.batch_sizes)
     text_sets = (None,) if opts.records is not None else tuple(dict.fromkeys(opts.text_tokens))
     inputs: Inputs = {}
     for tokens in text_sets:
-        records = _records(opts, tmp, needed, tokens)
+        records = _records(opts, tmp, needed, tokens, labelled)
         say(f"preparing inputs ({len(records)} records, text tokens {tokens or 'real'})")
         for b in opts.batch_sizes:
             batches = bench_inputs.batches_of(records, b, _batch_count(b))
@@ -175,13 +187,17 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None)
     start = time.perf_counter()
     bundle = Bundle.load(opts.bundle)
     cold = time.perf_counter() - start
-    say("measuring the machine (fp32 GEMM roofline)")
-    header = machine_header(threads, opts.measure_gemm, opts.gemm_seconds)
-    header["gemm_gflops_peak"] = header["gemm_gflops"]  # best single matmul, measured before the rows
+    if opts.task is not None and opts.task != bundle.manifest.task:
+        raise UsageError(f"--task {opts.task}: the bundle {opts.bundle} was trained for task {bundle.manifest.task}")
+    labelled = read_labelled(opts.records, opts.image_root, bundle.labels, opts.label_map) if opts.records else None
+    if opts.max_drop is not None and labelled is None:
+        raise UsageError(f"--max-drop: {opts.records} has no 'label' field, so there is no task metric to check")
+    header = machine_header(threads, measure_gemm=False)  # the roofline is each engine's own peak (engine_peak)
+    decodes = tuple(dict.fromkeys(opts.decode)) if opts.workload == "e2e" else opts.decode[:1]
     subjects: list[BackendUnderTest] = []
     try:
         with tempfile.TemporaryDirectory(prefix="crisis-bench-") as tmp:
-            text_sets, inputs = _prepare_inputs(opts, bundle, Path(tmp), say)
+            text_sets, inputs = _prepare_inputs(opts, bundle, Path(tmp), say, labelled)
             for variant in dict.fromkeys(opts.backends):
                 say(f"loading {variant}")
                 subjects.append(load_subject(variant, bundle, opts, threads))
@@ -190,12 +206,13 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None)
                 for batches in inputs.values():
                     fill_head_inputs(batches, ok[0])
             flops_note = attach_flops(bundle, opts.workload, inputs)
-            rows = [Row(s, b, t, status=s.status) for s in subjects for t in text_sets for b in opts.batch_sizes]
-            probe = GemmProbe() if opts.measure_gemm else None
-            time_rows(rows, inputs, opts, say, probe)
-            if probe is not None and probe.calls:  # roofline: the best matmul seen, before or between rounds
-                header["gemm_gflops_interleaved_mean"] = round(probe.gflops or 0.0, 2)
-                header["gemm_gflops"] = round(max(header["gemm_gflops"] or 0.0, probe.best_gflops or 0.0), 2)
+            rows = [Row(s, b, t, status=s.status, decode=d) for s in subjects for d in decodes for t in text_sets
+                    for b in opts.batch_sizes]
+            peaks = EnginePeaks([s for s in subjects if s.backend is not None]) if opts.measure_gemm else None
+            if peaks is not None:
+                say("probing each engine's MatMul peak")
+                peaks.warm_up()
+            time_rows(rows, inputs, opts, say, peaks)
             reference = next((r for r in rows if r.subject.variant == "torch" and r.status == "ok"), None) or next(
                 (r for r in rows if r.subject.variant == "onnxruntime" and r.status == "ok"), None)
             for row in rows:
@@ -204,8 +221,19 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None)
                         row.outputs = parity_outputs(opts.workload, row.subject.backend, inputs[row.key][0])
                     except Exception as exc:  # noqa: BLE001
                         row.fail(exc)
-            results = [summarise(r, opts.workload, header["gemm_gflops"], bundle, cold) for r in rows]
+            results = [summarise(r, opts.workload, None, bundle, cold) for r in rows]
             add_comparisons(results, rows, reference)
+            if peaks is not None:
+                header["roofline_warnings"] = peaks.apply(results, rows)
+                header["engine_peaks"] = peaks.header()
+            if labelled is not None:
+                say(f"task metrics on {len(labelled)} labelled records")
+                attach_task_metrics(results, rows, labelled, bundle, reference)
+            if "fast" in decodes:
+                say("decode: fast against exact on the same images")
+                images = distinct_images(r for batches in inputs.values() for b in batches for r in b.records)
+                decode_cosines(results, rows, images, bundle)
+                header["decode_speed"] = decode_speed(images, bundle)
     finally:
         for subject in subjects:
             subject.close()
@@ -214,6 +242,9 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None)
         inputs=str(opts.records) if opts.records else "generated: JPEGs of varied sizes, texts of " + " and ".join(
             f"{t} tokens" if t else "real tweet token lengths" for t in dict.fromkeys(opts.text_tokens)),
         parity_reference=reference.subject.variant if reference else None, flops_note=flops_note,
+        metric_reference=reference.subject.variant if reference and labelled is not None else None,
+        labelled=None if labelled is None else {"source": labelled.source, "records": len(labelled),
+                                                "task": opts.task or bundle.manifest.task},
         timing="wall clock; each call ends with the backend's synchronize() (GPU work included)",
     )
     return {"header": header, "rows": results}

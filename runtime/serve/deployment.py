@@ -14,7 +14,7 @@ import io
 import logging
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image
 from ray import serve
@@ -60,16 +60,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@serve.deployment(name=DEPLOYMENT_NAME)
 class PredictorServer:
     """One replica: a Predictor, its metrics, and the HTTP routes."""
 
     def __init__(self, predictor_options: PredictorOptions, serve_options: ServeOptions) -> None:
-        self.options = serve_options
+        self.settings = serve_options
         self.predictor = predictor_options.load()
         self.metrics = ServeMetrics()
-        self._predict_batch.set_max_batch_size(serve_options.max_batch)
-        self._predict_batch.set_batch_wait_timeout_s(serve_options.batch_wait_ms / 1000.0)
+        batcher = cast(Any, self._predict_batch)  # @serve.batch adds these setters; its typing does not say so
+        batcher.set_max_batch_size(serve_options.max_batch)
+        batcher.set_batch_wait_timeout_s(serve_options.batch_wait_ms / 1000.0)
         engine = self.predictor.backend
         manifest = predictor_options.bundle / MANIFEST_NAME
         self.model_info = {
@@ -121,7 +121,7 @@ class PredictorServer:
             return (200, {"status": "ready"}) if self.ready else (503, {"status": "loading"})
         if path == MODEL:
             return 200, self.model_info
-        parsed = parse_predict_body(await read_body(request, self.options.max_body_bytes), self.options.max_records)
+        parsed = parse_predict_body(await read_body(request, self.settings.max_body_bytes), self.settings.max_records)
         answers = await asyncio.gather(*(self._answer(item) for item in parsed.items))
         return 200, answers[0] if parsed.single else answers
 
@@ -136,6 +136,9 @@ class PredictorServer:
         predictions = await asyncio.to_thread(self.predictor.predict, records)
         self.metrics.batch(len(predictions), sum(p.error is not None for p in predictions))
         return [prediction_to_dict(p) for p in predictions]
+
+
+PredictorDeployment = serve.deployment(name=DEPLOYMENT_NAME)(PredictorServer)
 
 
 def build_app(predictor_options: PredictorOptions, serve_options: ServeOptions) -> Application:
@@ -155,4 +158,4 @@ def build_app(predictor_options: PredictorOptions, serve_options: ServeOptions) 
     else:
         settings["num_replicas"] = serve_options.replicas
     predictor_options = replace(predictor_options, max_batch=serve_options.max_batch)
-    return PredictorServer.options(**settings).bind(predictor_options, serve_options)
+    return PredictorDeployment.options(**settings).bind(predictor_options, serve_options)

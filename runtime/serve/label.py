@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -119,8 +120,7 @@ def predicted_rows(
     context.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # Ray Data sets INFO when it is first used
     files = ray.data.from_items([{"file": i, "path": str(p)} for i, p in inputs], override_num_blocks=len(inputs))
-    rows = files.flat_map(record_rows, fn_kwargs={
-        "image_root": str(options.image_root) if options.image_root else None})
+    rows = files.flat_map(partial(record_rows, image_root=str(options.image_root) if options.image_root else None))
     results = rows.map_batches(
         PredictionActor,
         fn_constructor_kwargs={"options": replace(predictor_options, max_batch=options.batch_size)},
