@@ -266,7 +266,7 @@ class Predictor:
                 texts[i] = text
         # Encode the texts while the pool is still decoding this batch's images.
         wanted = [i for i in texts if _has_image(batch.items[i])]
-        encoded = self._text_embeddings([texts[i] for i in wanted], timings) if wanted else []
+        encoded: list[np.ndarray] = list(self._text_embeddings([texts[i] for i in wanted], timings)) if wanted else []
         text_rows = dict(zip(wanted, encoded, strict=True))
         loaded = {i: future.result() for i, future in batch.futures.items()}  # all decodes done
         shas: dict[int, str] = {}
@@ -307,7 +307,7 @@ class Predictor:
             timings[key] += time.perf_counter() - start
 
     def _image_embeddings(self, shas: list[str], batch: _Batch, timings: dict[str, float]) -> np.ndarray:
-        found = {sha: batch.cached.get(sha) for sha in dict.fromkeys(shas)}
+        found: dict[str, np.ndarray | None] = {sha: batch.cached.get(sha) for sha in dict.fromkeys(shas)}
         missing = [sha for sha, emb in found.items() if emb is None]
         for start_row in range(0, len(missing), self.max_batch):
             chunk = missing[start_row : start_row + self.max_batch]
@@ -317,11 +317,11 @@ class Predictor:
             for sha, emb in zip(chunk, embeds, strict=True):
                 found[sha] = emb
                 self.image_cache.put(sha, emb)
-        return np.stack([found[sha] for sha in shas]).astype(np.float32, copy=False)
+        return _stack_found(found, shas)
 
     def _text_embeddings(self, texts: list[str], timings: dict[str, float]) -> np.ndarray:
         keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
-        found = {k: self.text_cache.get(k) for k in dict.fromkeys(keys)}
+        found: dict[str, np.ndarray | None] = {k: self.text_cache.get(k) for k in dict.fromkeys(keys)}
         missing = {k: t for k, t in zip(keys, texts, strict=True) if found[k] is None}
         if missing:
             start = time.perf_counter()
@@ -340,7 +340,15 @@ class Predictor:
                 for row, emb in zip(rows, embeds, strict=True):
                     found[missing_keys[row]] = emb
                     self.text_cache.put(missing_keys[row], emb)
-        return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+        return _stack_found(found, keys)
+
+
+def _stack_found(found: dict[str, np.ndarray | None], keys: list[str]) -> np.ndarray:
+    """Stack the embeddings of `keys` (every one encoded or cached by now) into float32 [N, D]."""
+    rows = [found[k] for k in keys]
+    if any(row is None for row in rows):
+        raise RuntimeError("an embedding was neither cached nor encoded")  # a bug of ours, not a user error
+    return np.stack([row for row in rows if row is not None]).astype(np.float32, copy=False)
 
 
 def _has_image(record: Record | RecordError) -> bool:

@@ -12,8 +12,7 @@ once, atomically (a temporary file in the same folder, renamed into place when c
   inf are refused the same way; a shard's finite rows are kept in a new shard.
 
 More than `compact_above` shards are merged into one under an exclusive file lock (`.lock`); loads hold a
-shared lock, so a load never sees a half-merged folder. A `<kind>.npz` file of the former single-file layout
-is read as one more shard and folded in by the next merge.
+shared lock, so a load never sees a half-merged folder.
 """
 
 from __future__ import annotations
@@ -54,6 +53,8 @@ def _read_shard(path: Path, dim: int | None) -> tuple[list[str], np.ndarray, int
     try:
         with np.load(path, allow_pickle=False) as data:
             keys, embeds = data["keys"], data["embeds"]
+    except FileNotFoundError:
+        raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise CorruptShard(f"unreadable ({type(exc).__name__}: {exc})") from None
     if keys.ndim != 1 or keys.dtype.kind != "U":
@@ -74,7 +75,6 @@ class EmbeddingStore:
                  save_interval_s: float = 60.0, compact_above: int = 32,
                  log: Callable[[str], None] = log_to_stderr) -> None:
         self.folder = Path(folder)
-        self.legacy = self.folder.with_suffix(SHARD_SUFFIX)
         self.dim = dim
         self.save_every = save_every
         self.save_interval_s = save_interval_s
@@ -91,8 +91,7 @@ class EmbeddingStore:
 
     # ---------------------------------------------------------------- reading
     def _shards(self) -> list[Path]:
-        found = sorted(self.folder.glob(f"*{SHARD_SUFFIX}"))
-        return [self.legacy, *found] if self.legacy.is_file() else found
+        return sorted(self.folder.glob(f"*{SHARD_SUFFIX}"))
 
     def _load(self, path: Path) -> None:
         try:

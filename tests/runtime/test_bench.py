@@ -54,9 +54,9 @@ def test_bench_cli_rows_and_json(cli_run: tuple[int, Path], tiny_bundle: Path) -
             assert r["max_abs_diff"] is not None and r["cosine"] is not None and r["top1_agreement"] is not None
             assert set(r["stages_ms"]) >= {"decode_preprocess", "tokenize", "image_encoder", "text_encoder", "head"}
         assert ort["provider"] == "CPUExecutionProvider" and ref["provider"].startswith("torch")
-        assert ort["speedup_vs_torch"] == ort["items_per_s"] / ref["items_per_s"]
-        assert ref["speedup_vs_torch"] == 1.0 and ref["max_abs_diff"] == 0.0
-        assert ort["max_abs_diff"] < 1e-3 and ort["cosine"] > 0.9999 and ort["top1_agreement"] == 1.0
+        # torch and onnxruntime fp32 run the same model: close, but not bit-identical (0.0 would mean the row
+        # was compared with itself)
+        assert 0.0 < ort["max_abs_diff"] < 1e-3 and ort["cosine"] > 0.9999 and ort["top1_agreement"] == 1.0
         graphs = ("image_encoder.onnx", "text_encoder.onnx", "head.onnx")
         expected_mb = sum((tiny_bundle / g).stat().st_size for g in graphs) / 1e6
         assert ort["model_mb"] == pytest.approx(expected_mb, abs=1e-3)
@@ -84,10 +84,11 @@ def test_text_component_real_lengths_and_fixed_77(tiny_bundle: Path) -> None:
     result = run_bench(opts)
     real, fixed = result["rows"]
     assert (real["text_tokens"], fixed["text_tokens"]) == ("real", 77)
-    assert result["header"]["flops_note"] is None and result["header"]["gemm_gflops"] > 0
+    assert result["header"]["flops_note"] is None
+    assert result["header"]["engine_peaks"]["onnxruntime"]["gflops"] > 0
     for r in (real, fixed):
-        assert r["status"] == "ok" and r["gflop_per_item"] > 0 and r["roofline_pct"] > 0
-        assert r["speedup_vs_torch"] is None and r["max_abs_diff"] == 0.0  # reference is itself without torch
+        assert r["status"] == "ok" and r["gflop_per_item"] > 0 and 0 < r["roofline_pct"] <= 100
+        assert r["speedup_vs_torch"] is None
     # crisis-tiny text tower (width 64, 2 layers): 2 * (77 * 2 * 12 * 64^2 + 2 * 2 * 77^2 * 64) FLOPs at 77 tokens
     assert fixed["gflop_per_item"] == pytest.approx(2 * (77 * 2 * 12 * 64**2 + 2 * 2 * 77**2 * 64) / 1e9, rel=1e-3)
     assert real["gflop_per_item"] < fixed["gflop_per_item"] / 2
@@ -101,12 +102,18 @@ def test_bad_arguments_are_usage_errors(tiny_bundle: Path, capsys: pytest.Captur
     assert run(["bench", "--bundle", str(tiny_bundle), "--component", "vision"]) == 2
     assert run(["bench", "--bundle", str(tiny_bundle), "--text-tokens", "real,99"]) == 2
     assert run(["bench", "--bundle", str(tiny_bundle / "nope")]) == 2
-    assert capsys.readouterr().err.count("error: ") == 5
+    assert run(["bench", "--bundle", str(tiny_bundle), "--decode", "exact,blurry"]) == 2
+    assert run(["bench", "--bundle", str(tiny_bundle), "--max-drop", "0.01"]) == 2  # no labelled records
+    assert run(["bench", "--bundle", str(tiny_bundle), "--data", str(tiny_bundle), "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 8 and "Traceback" not in err
+    assert "--max-drop needs labelled records" in err and "no test split for task damage" in err
 
 
 @pytest.mark.parametrize("argv", [
     ["--seconds", "nan"], ["--seconds", "inf"], ["--seconds", "0"], ["--seconds", "-1"],
     ["--batch-sizes", "100000"], ["--batch-sizes", "1,0"], ["--warmup", "100000"], ["--threads", "0"],
+    ["--max-drop", "nan"], ["--max-drop", "-0.1"],
 ])
 def test_absurd_bounds_are_refused_before_any_work(tiny_bundle: Path, tmp_path: Path, argv: list[str],
                                                    capsys: pytest.CaptureFixture[str],
@@ -193,5 +200,5 @@ def test_bench_on_records_file(tiny_bundle: Path, tmp_path: Path) -> None:
                         warmup=1, measure_gemm=False, records=jsonl)
     result = run_bench(opts)
     (row,) = result["rows"]
-    assert result["header"]["inputs"].endswith("records.jsonl") and result["header"]["gemm_gflops"] is None
+    assert result["header"]["inputs"].endswith("records.jsonl") and "engine_peaks" not in result["header"]
     assert row["status"] == "ok" and row["stages_ms"]["image_encoder"] > 0 and row["roofline_pct"] is None

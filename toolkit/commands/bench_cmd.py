@@ -5,6 +5,7 @@ Choices come from the backend registry and defaults from `BenchOptions`; nothing
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields
 from pathlib import Path
 
@@ -41,6 +42,36 @@ def _csv(values: tuple) -> str:
     return ",".join("real" if v is None else str(v) for v in values)
 
 
+def _labelled_source(data: Path | None, task: str | None, split: str, splits: str, bundle: Path,
+                     records: Path | None, image_root: Path | None
+                     ) -> tuple[Path | None, Path | None, dict[str, str] | None, str | None]:
+    """(records, image_root, label_map, task): --data/--task/--split resolved to the split TSV of the
+    CrisisMMD root, with the task's label merges; otherwise --records as given."""
+    if data is None:
+        if task is not None:
+            raise UsageError("--task needs --data (the CrisisMMD root holding the split)")
+        return records, image_root, None, None
+    from crisis_tool.data.crisismmd import SPLITS, resolve_task, split_path
+    from crisis_tool.runtime.manifest import MANIFEST_NAME
+
+    if records is not None:
+        raise UsageError("give --data (with --task and --split) or --records, not both")
+    if split not in SPLITS:
+        raise UsageError(f"--split {split!r}: choose from {', '.join(SPLITS)}")
+    if task is None:
+        try:
+            task = json.loads((bundle / MANIFEST_NAME).read_text(encoding="utf-8"))["task"]
+        except (OSError, ValueError, KeyError, TypeError):
+            if not (bundle / MANIFEST_NAME).is_file():
+                raise UsageError(f"--bundle {bundle}: not a bundle directory (no {MANIFEST_NAME})") from None
+            raise UsageError("--data without --task: name the task (the bundle's manifest does not)") from None
+    spec = resolve_task(str(task))
+    path = split_path(data, spec, split, splits)
+    if not path.is_file():
+        raise UsageError(f"--data {data}: no {split} split for task {spec.name} ({path} not found)")
+    return path, data, dict(spec.merges), spec.name
+
+
 def register(app: typer.Typer) -> None:
     variants = ", ".join(backend_variants())  # read when the CLI is built: registered backends included
 
@@ -65,8 +96,19 @@ def register(app: typer.Typer) -> None:
         json_out: Path | None = typer.Option(None, "--json", help="Write header + rows as JSON."),
         markdown_out: Path | None = typer.Option(None, "--markdown", help="Write a Markdown table."),
         plot_out: Path | None = typer.Option(None, "--plot", help="Write a PNG of items/s vs batch size."),
-        no_gemm: bool = typer.Option(not DEFAULTS["measure_gemm"], "--no-gemm",
-                                     help="Skip the GEMM roofline measurement."),
+        no_gemm: bool = typer.Option(not DEFAULTS["measure_gemm"], "--no-gemm", "--no-peak",
+                                     help="Skip the roofline (each engine's MatMul peak probes)."),
+        data: Path | None = typer.Option(None, "--data", help="CrisisMMD root: with --task and --split, the "
+                                         "labelled split is the workload and every row gets task metrics."),
+        task: str | None = typer.Option(None, "--task", help="Task of the split (default: the bundle's)."),
+        split: str = typer.Option("test", "--split", help="Split of --data: train, dev or test."),
+        splits: str = typer.Option("settingA", "--splits", help="Split set under --data: settingA, all, "
+                                   "agreed_label."),
+        decode: str = typer.Option("exact", "--decode", help="Image decode modes, one row set each: exact "
+                                   "and/or fast, e.g. exact,fast (fast rows report their embedding cosine)."),
+        max_drop: float | None = typer.Option(None, "--max-drop", help="Exit 1 when an ok row's accuracy, "
+                                              "macro-F1 or weighted-F1 is more than this below the reference "
+                                              "row's (needs labelled records)."),
     ) -> None:
         """Benchmark a bundle: one row per backend x precision x batch size, PyTorch eager as reference.
 
@@ -78,13 +120,18 @@ def register(app: typer.Typer) -> None:
         from crisis_tool.commands.console import stdout_console
         from crisis_tool.runtime.bench import run_bench
         from crisis_tool.runtime.bench.report import render_table, write_json, write_markdown, write_plot
+        from crisis_tool.runtime.bench.task_metrics import check_max_drop
         from crisis_tool.runtime.manifest import MANIFEST_NAME
 
+        records, image_root, label_map, task = _labelled_source(data, task, split, splits, bundle, records,
+                                                                image_root)
         opts = BenchOptions(
             bundle=bundle, backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
             batch_sizes=_ints(batch_sizes, "--batch-sizes"), workload=workload, seconds=seconds,
             warmup=warmup, threads=threads, records=records, image_root=image_root,
             text_tokens=_text_tokens(text_tokens), measure_gemm=not no_gemm,
+            decode=tuple(d.strip() for d in decode.split(",") if d.strip()), label_map=label_map, task=task,
+            max_drop=max_drop,
         )
         opts.check()
         if not (bundle / MANIFEST_NAME).is_file():
@@ -97,3 +144,5 @@ def register(app: typer.Typer) -> None:
             if path is not None:
                 writer(result, path)
                 err.print(f"wrote {path}")
+        if max_drop is not None:
+            check_max_drop(result, max_drop)

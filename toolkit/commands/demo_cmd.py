@@ -28,7 +28,8 @@ def demo_steps(out: Path, clip_model: str, pretrained: str, bench_seconds: float
         ["predict", "--bundle", str(bundle), "--input",
          str(data / "crisismmd_datasplit_settingA" / "task_damage_text_img_test.tsv"),
          "--image-root", str(data), "--output", str(out / "predictions.jsonl")],
-        ["bench", "--bundle", str(bundle), "--batch-sizes", "1,8", "--seconds", str(bench_seconds),
+        ["bench", "--bundle", str(bundle), "--data", str(data), "--task", "damage", "--split", "test",
+         "--batch-sizes", "1,8", "--seconds", str(bench_seconds),
          "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md"), "--plot", str(out / "bench.png")],
     ]
 
