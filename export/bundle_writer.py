@@ -70,6 +70,7 @@ def write_bundle(
     forced: bool,
     max_batch: int,
     opset: int,
+    calibration: str | None = None,
 ) -> Manifest:
     """Complete a bundle in `root` whose ONNX graphs are already written. Returns the saved manifest."""
     root = Path(root)
@@ -96,6 +97,7 @@ def write_bundle(
         validated=validated,
         forced=bool(forced),
         versions=versions,
+        calibration=calibration,
     )
     return manifest.save(root)
 

@@ -1,9 +1,10 @@
 """Calibration and gate inputs: real records (`--calib-data`) or, said loudly, generated ones.
 
 `--calib-data` takes what `predict` reads (JSONL, a TSV with `--image-root`, a folder of images) through the
-runtime's own readers, image preprocessing, text composition and tokenizer, or a CrisisMMD root with `--task`
-and `--split`. The same records feed int8 calibration (TensorRT and static Q/DQ) and the fp32/fp16/int8 parity
-gates. Records that cannot be used (no image, empty text, an unreadable image) are skipped and counted.
+runtime's own readers, image preprocessing, text rule (`record_text`) and tokenizer, or a CrisisMMD root with
+`--task` and `--split`. The same records feed int8 calibration (TensorRT and static Q/DQ) and the fp32/fp16/int8 parity
+gates. Records that cannot be used (no image, no text at all, an unreadable image) are skipped and counted,
+as `predict` would report them as errors.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crisis_tool.runtime.errors import CrisisToolError, DataError, UsageError
+
+if TYPE_CHECKING:
+    from crisis_tool.export.formats import ExportOptions
 
 DEFAULT_GATE_RECORDS = 512  # the gates use at least this many records when the data has them
 CALIBRATION_RECORDS = 128  # static quantization / TensorRT calibration ranges come from the first ones
@@ -48,6 +52,12 @@ class CalibrationSpec:
             raise UsageError(f"--calib-data {self.data} not found")
         if self.data is not None and str(self.data) == "-":
             raise UsageError("--calib-data cannot read stdin: give a file, a folder or a CrisisMMD root")
+        if self.task is not None:
+            from crisis_tool.data.crisismmd import SPLITS, resolve_task
+
+            resolve_task(self.task)  # UsageError naming the known tasks
+            if self.split not in SPLITS:
+                raise UsageError(f"--split {self.split!r}: choose from {', '.join(SPLITS)}")
 
     def describe(self) -> str:
         if self.data is None:
@@ -74,10 +84,12 @@ class GateData:
     def generated(self) -> bool:
         return self.source == GENERATED
 
-    def describe(self) -> dict[str, Any]:
-        """The manifest's `calibration_data` entry."""
-        return {"source": self.source, "gate_records": self.n, "skipped_records": self.skipped,
-                "calibration_records": min(self.n, CALIBRATION_RECORDS), "notes": self.notes}
+    def describe(self) -> str:
+        """The manifest's top-level `calibration`: "generated", or the records' source with n (gate records)
+        and how many of them calibrated."""
+        if self.generated:
+            return GENERATED
+        return f"{self.source} n={self.n} (calibration {min(self.n, CALIBRATION_RECORDS)})"
 
 
 def batch_plan(n: int, top: int) -> list[int]:
@@ -107,20 +119,25 @@ def _source_records(spec: CalibrationSpec) -> Iterable[Any]:
 
 def usable_records(spec: CalibrationSpec, preprocess: dict[str, Any], text_source: str
                    ) -> Iterator[tuple[np.ndarray, str] | None]:
-    """(pixel_values [3,H,W], composed text) per record, None for a record that cannot be used."""
+    """(pixel_values [3,H,W], text by the one rule) per record, None for a record that cannot be used.
+
+    The text is `record_text(...).text`, as predict feeds the encoder (it may be "" for a tweet that cleans to
+    nothing); a record with no text at all (`empty_input`) is skipped, as predict reports it as an error.
+    """
     from crisis_tool.runtime.preprocess import PreprocessConfig, load_image, preprocess_image
+    from crisis_tool.runtime.record_text import record_text
     from crisis_tool.runtime.records import Record
-    from crisis_tool.runtime.text_clean import compose_text
 
     cfg = PreprocessConfig.from_dict(preprocess)
     for record in _source_records(spec):
         if not isinstance(record, Record) or not record.image:
             yield None
             continue
-        text = compose_text(record.text, record.llava_text, text_source)
-        if not text:
+        composed = record_text(record.text, record.llava_text, text_source)
+        if composed.empty_input:
             yield None
             continue
+        text = composed.text
         try:
             pixels = preprocess_image(load_image(record.image), cfg)
         except (CrisisToolError, OSError, ValueError):
@@ -155,7 +172,7 @@ def load_gate_data(spec: CalibrationSpec, *, preprocess: dict[str, Any], tokeniz
     if len(pixels) < spec.limit:
         notes.append(f"only {len(pixels)} usable records (asked for {spec.limit})")
     if skipped:
-        notes.append(f"{skipped} records skipped (no image, empty text or unreadable image)")
+        notes.append(f"{skipped} records skipped (no image, no text or an unreadable image)")
     return GateData(spec.describe(), batches, skipped, notes)
 
 
@@ -192,16 +209,16 @@ def calibration_feeds(component: str, cases: list[Any], limit: int = CALIBRATION
     return feeds
 
 
-def spec_from_options(opts: Any) -> CalibrationSpec:
-    """The CalibrationSpec of an ExportOptions (`calib_data` and, where it has them, the fields beside it)."""
-    data = getattr(opts, "calib_data", None)
+def spec_from_options(opts: ExportOptions) -> CalibrationSpec:
+    """The CalibrationSpec of an export request (`--calib-data` and the options that describe it)."""
+    data = opts.calib_data
     return CalibrationSpec(
         data=Path(data) if data is not None else None,
-        image_root=getattr(opts, "calib_image_root", None),
-        task=getattr(opts, "calib_task", None),
-        split=getattr(opts, "calib_split", None),
-        splits=getattr(opts, "calib_splits", None) or "settingA",
-        limit=getattr(opts, "calib_n", None) or DEFAULT_GATE_RECORDS,
+        image_root=Path(opts.calib_image_root) if opts.calib_image_root is not None else None,
+        task=opts.calib_task,
+        split=opts.calib_split,
+        splits=opts.calib_splits,
+        limit=opts.calib_n,
     )
 
 

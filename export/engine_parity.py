@@ -112,10 +112,10 @@ def _short(entry: dict[str, Any]) -> dict[str, Any]:
 
 def engine_runner(trt: Any, cudart: Any, engine_path: Path) -> tuple[Any, Any]:
     """(runner feeds -> outputs in the engine's output order, close) through the runtime's TensorRT plumbing."""
-    from crisis_tool.runtime.backends.tensorrt_backend import _Engine
+    from crisis_tool.runtime.backends.tensorrt_backend import EngineRunner
 
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = _Engine(trt, cudart, runtime, Path(engine_path).read_bytes(), str(engine_path))
+    engine = EngineRunner(trt, cudart, runtime, Path(engine_path).read_bytes(), str(engine_path))
 
     def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         out = engine.run(feeds)

@@ -89,7 +89,8 @@ def export_bundle(opts: ExportOptions, progress: Any = None) -> ExportResult:
         _step(progress, "writing bundle")
         manifest = write_bundle(tmp, run_config=run.config, head_weights=run.path / WEIGHTS_NAME,
                                 vocab_path=clip.vocab_path, graphs=graphs, precision=precision, parity=parity,
-                                validated=validated, forced=bool(failed), max_batch=max_batch, opset=opts.opset)
+                                validated=validated, forced=bool(failed), max_batch=max_batch, opset=opts.opset,
+                                calibration=gate_data.describe())
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         tmp.replace(out)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crisis_tool.export.calibration import DEFAULT_GATE_RECORDS
 from crisis_tool.runtime.errors import UsageError
 from crisis_tool.runtime.graph_table import PRECISIONS
 
@@ -36,6 +37,11 @@ class ExportOptions:
     tar: bool = False
     timing_cache: Path | None = None
     calib_data: Path | None = None  # records for calibration and the parity gates (default: generated inputs)
+    calib_image_root: Path | None = None  # folder a --calib-data TSV's image paths are relative to
+    calib_task: str | None = None  # with --calib-split: --calib-data is a CrisisMMD root
+    calib_split: str | None = None
+    calib_splits: str = "settingA"  # split set under a CrisisMMD root
+    calib_n: int = DEFAULT_GATE_RECORDS  # records used (at most) for calibration and the gates
 
     @property
     def bundle_dir(self) -> Path:
@@ -73,13 +79,16 @@ def _build_onnx(opts: ExportOptions, progress: Progress) -> ExportResult:
 
 
 def _build_trt(opts: ExportOptions, progress: Progress) -> ExportResult:
+    from crisis_tool.export.calibration import spec_from_options
     from crisis_tool.export.tensorrt_build import build_bundle_engines
     from crisis_tool.runtime.manifest import Manifest
 
     bundle = opts.bundle_dir
+    calibration = spec_from_options(opts)
+    calibration.check()
     if progress is not None:
         progress("building TensorRT engines")
-    engines = build_bundle_engines(bundle, opts.precision, opts.max_batch, opts.timing_cache)
+    engines = build_bundle_engines(bundle, opts.precision, opts.max_batch, opts.timing_cache, calibration)
     return ExportResult(out=bundle, manifest=Manifest.load(bundle), built=engines)
 
 

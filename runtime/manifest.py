@@ -252,6 +252,7 @@ class Manifest:
     forced: bool = False
     embeddings: str = "unnormalized"
     versions: dict[str, str] = field(default_factory=dict)
+    calibration: str | None = None  # what calibrated / gated the variants: "generated" or "<--calib-data> n=N"
     files: dict[str, FileEntry] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -281,6 +282,7 @@ class Manifest:
             opset=r.get("opset", int), graphs=graphs, engines=engines, parity=r.get("parity", dict, {}),
             validated=r.get("validated", dict, {}), forced=r.get("forced", bool, False),
             embeddings=r.get("embeddings", str, "unnormalized"), versions=r.get("versions", dict, {}),
+            calibration=r.get("calibration", str, None),
             files=r.mapping("files", FileEntry.parse), format_version=version,
         )
         manifest._check_consistency(r)
@@ -326,6 +328,7 @@ class Manifest:
             "graphs": {p: {g: e.to_dict() for g, e in gs.items()} for p, gs in self.graphs.items()},
             "engines": {p: {g: e.to_dict() for g, e in es.items()} for p, es in self.engines.items()},
             "parity": self.parity, "validated": self.validated, "forced": self.forced, "versions": self.versions,
+            **({"calibration": self.calibration} if self.calibration is not None else {}),
             "files": {rel: {"sha256": f.sha256, "size": f.size} for rel, f in self.files.items()},
         }
 

@@ -67,8 +67,9 @@ def gpu_identity(cudart: Any, device: int = 0) -> tuple[str, str]:
     return name.rstrip("\x00").strip(), f"{props.major}.{props.minor}"
 
 
-class _Engine:
-    """One deserialised engine with its context, stream and growable device buffers."""
+class EngineRunner:
+    """One deserialised engine with its context, stream and growable device buffers (export's engine parity
+    check runs engines through this too)."""
 
     def __init__(self, trt: Any, cudart: Any, runtime: Any, blob: bytes, label: str) -> None:
         self.trt, self.cudart = trt, cudart
@@ -156,7 +157,7 @@ class TensorRTBackend(Backend):
         gpu_name, capability = gpu_identity(cudart, device)
         self.provider = f"TensorRT {trt.__version__} on {gpu_name}"
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engines: dict[str, _Engine] = {}
+        self.engines: dict[str, EngineRunner] = {}
         self.paths: list[Path] = []
         limits = []  # the engines' optimization-profile limits; the Predictor respects the smallest
         for graph in GRAPHS:
@@ -173,7 +174,7 @@ class TensorRTBackend(Backend):
                 raise BundleError(f"{bundle.root}: missing engine file {entry.file}")
             with open_regular(path) as fh:  # a FIFO or device named as an engine is refused, never read
                 blob = fh.read()
-            self.engines[graph] = _Engine(trt, cudart, runtime, blob, str(path))
+            self.engines[graph] = EngineRunner(trt, cudart, runtime, blob, str(path))
             self._check_names(graph, str(path))
             self.paths.append(path)
             if entry.max_batch is not None:

@@ -3,7 +3,10 @@
 Modules, one job each: `options` (what a run measures, defaults and bounds), `run` (load, warm up, time
 interleaved rows), `rows` (per-row summary and comparisons), `workloads` (inputs and one timed call per
 workload), `inputs` (generated or real records), `machine_info` (CPU/GPU/BLAS and the GEMM roofline),
-`flops` (FLOPs of an ONNX graph; needs the onnx package), `report` (table, JSON, Markdown, PNG).
+`flops` (FLOPs of an ONNX graph; needs the onnx package), `report` (table, JSON, Markdown, PNG),
+`engine_peak` (the roofline: each engine's MatMul peak), `labelled_records` and `task_metrics` (accuracy and F1
+per row, `--max-drop`), `decode_modes` (fast against exact decoding), `report_lines` (their header lines and the
+speed-against-F1 chart).
 """
 
 from __future__ import annotations

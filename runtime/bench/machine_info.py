@@ -126,43 +126,6 @@ def gemm_gflops(threads: int | None = None, sizes: tuple[int, ...] = (1024, 1536
     return best
 
 
-class GemmProbe:
-    """One n x n fp32 matmul per call, run once per benchmark round.
-
-    Its mean is a load indicator only: right after an ONNX Runtime or torch call their idle worker threads
-    still spin for a while and slow the matmul down, so the roofline uses the best call (or the peak measured
-    before the rows, whichever is higher).
-    """
-
-    def __init__(self, n: int = 2048) -> None:
-        rng = np.random.default_rng(1)
-        self.n = n
-        self.a = rng.standard_normal((n, n), dtype=np.float32)
-        self.b = rng.standard_normal((n, n), dtype=np.float32)
-        self.out = np.empty((n, n), dtype=np.float32)
-        self.seconds = 0.0
-        self.calls = 0
-        self.best_s = float("inf")
-
-    def __call__(self) -> None:
-        start = time.perf_counter()
-        np.matmul(self.a, self.b, out=self.out)
-        elapsed = time.perf_counter() - start
-        self.seconds += elapsed
-        self.best_s = min(self.best_s, elapsed)
-        self.calls += 1
-
-    @property
-    def gflops(self) -> float | None:
-        """Mean GFLOP/s over all calls (None before the first)."""
-        return 2.0 * self.n**3 * self.calls / self.seconds / 1e9 if self.calls else None
-
-    @property
-    def best_gflops(self) -> float | None:
-        """GFLOP/s of the fastest call (None before the first)."""
-        return 2.0 * self.n**3 / self.best_s / 1e9 if self.calls else None
-
-
 def load_average() -> str | None:
     """1/5/15-minute load averages: other work on a shared machine skews every number."""
     try:

@@ -1,12 +1,13 @@
 """`crisis-tool bench`: latency and throughput of one bundle on several backends, side by side.
 
-One row per backend variant x batch size (x text-length set, when `text_tokens` lists several). Method:
-each row is warmed up, then repetitions run round by round (one repetition of every row per round, rows
-interleaved, plus one GEMM probe per round) until the time budget is spent, so drift on a noisy
+One row per backend variant x decode mode x batch size (x text-length set, when `text_tokens` lists several).
+Method: each row is warmed up, then repetitions run round by round (one repetition of every row per round, rows
+interleaved, plus one MatMul peak probe per engine per round) until the time budget is spent, so drift on a noisy
 machine hits all rows alike. PyTorch eager (the "torch" backend, where installed) is the reference row:
 speedup = items/s ratio, parity = max |diff|, min cosine and top-1 agreement on the same inputs. A backend or
 precision that cannot run here is a row with status "unavailable: reason". Every backend, torch included,
-comes through the registry and is driven only through the `Backend` interface.
+comes through the registry and is driven only through the `Backend` interface. With labelled records, every ok
+row then classifies all of them once, untimed (task metrics, `task_metrics`).
 """
 
 from __future__ import annotations

@@ -72,3 +72,12 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Pat
                     "--max-batch", TINY_MAX_BATCH])
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def crisismmd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic CrisisMMD root (informative task; 4 train, 6 dev, 4 test records)."""
+    from crisis_tool.data.synthetic import make_demo_data
+
+    return make_demo_data(tmp_path_factory.mktemp("crisismmd") / "CrisisMMD_v2.0", n_train=4, n_dev=6, n_test=4,
+                          tasks=("informative",))

@@ -89,6 +89,40 @@ def test_export_with_engine_trt_builds_after_the_onnx_bundle(monkeypatch, tiny_r
     assert fake_tensorrt.RECORD["builds"][0]["profiles"][0]["pixel_values"][2][0] == 4
 
 
+def test_from_bundle_trt_calibrates_and_gates_on_calib_data(monkeypatch, bundle_copy, crisismmd_root, tmp_path,
+                                                            cli, capsys):
+    """`--from-bundle --format trt --calib-data ROOT --task --split --calib-n`: the Q/DQ graphs are calibrated and
+    every engine gated on those records (n and source recorded), not on generated inputs."""
+    _install(monkeypatch)
+    code = cli(["export", "--from-bundle", bundle_copy, "--format", "trt", "--precision", "int8",
+                "--timing-cache", tmp_path / "tc", "--calib-data", crisismmd_root, "--task", "informative",
+                "--split", "dev", "--calib-n", "5"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "GENERATED" not in err
+    source = f"crisismmd:{crisismmd_root} task=informative split=dev (settingA)"
+    parity = json.loads((bundle_copy / "manifest.json").read_text())["parity"]["trt-int8"]
+    for graph in ("image_encoder", "text_encoder", "head"):
+        entry = parity[graph]
+        assert entry["calibration"] == source and entry["n"] == 5 and entry["batches"] == [1, 3], graph
+        assert entry["qdq_onnxruntime"]["n"] == 5 and entry["passed"]
+    assert fake_tensorrt.RECORD["runs"].count("image_embeds") == 3  # batches 1, 3, 1 through the engine
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--split", "dev"], "pass --calib-data too"),
+    (["--calib-data", ".", "--task", "informative"], "needs both --task and --split"),
+    (["--calib-data", ".", "--calib-n", "0"], "--calib-n must be >= 1"),
+])
+def test_calibration_usage_errors_before_any_work(monkeypatch, bundle_copy, tmp_path, cli, capsys, extra, message):
+    _install(monkeypatch)
+    code = cli(["export", "--from-bundle", bundle_copy, "--format", "trt", "--timing-cache", tmp_path / "tc",
+                *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err
+    assert fake_tensorrt.RECORD["builds"] == []
+
+
 def test_missing_tensorrt_is_one_clear_line(monkeypatch, bundle_copy, capsys, cli):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     code = cli(["export", "--from-bundle", bundle_copy, "--engine", "trt"])

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from crisis_tool.export.int8_candidates import DYNAMIC_CANDIDATES
+
 
 @pytest.mark.slow
 def test_vitb32_random_weights_export(tmp_path: Path, cli, capsys):
@@ -39,6 +41,9 @@ def test_vitb32_random_weights_export(tmp_path: Path, cli, capsys):
     assert fp32["end_to_end"]["max_abs"] <= 1e-4 and fp32["end_to_end"]["top1_agreement"] == 1.0
     assert fp32["image_encoder"]["min_cosine"] > 0.99999 and fp32["text_encoder"]["min_cosine"] > 0.99999
     assert manifest["validated"]["int8"] is True
-    assert int8["image_encoder"]["weight_type"] in ("QUInt8", "QInt8")
+    image = int8["image_encoder"]
+    assert image["weight_type"] in DYNAMIC_CANDIDATES and image["chosen"] == image["weight_type"]  # no calib data
+    assert set(image["candidates"]) == set(DYNAMIC_CANDIDATES) and image["candidates"][image["chosen"]]["seconds"] > 0
+    assert manifest["calibration"] == "generated"
     assert int8["image_encoder"]["min_cosine"] >= 0.999 and int8["end_to_end"]["top1_agreement"] >= 0.99
     assert cli(["verify", out]) == 0

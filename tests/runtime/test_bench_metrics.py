@@ -170,3 +170,21 @@ def test_speed_against_macro_f1_plot(tiny_bundle: Path, labelled_jsonl: Path, tm
     # two points (batch 1 and 2) in the first two palette colours: blue and orange discs are drawn
     for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):
         assert (np.abs(pixels.astype(int) - colour).sum(axis=2) == 0).sum() > 20
+
+
+def test_cli_data_task_split_on_a_synthetic_crisismmd_root(tiny_bundle: Path, tmp_path: Path) -> None:
+    from crisis_tool.cli import run
+
+    data = tmp_path / "data"
+    assert run(["make-demo-data", "--out", str(data), "--n-train", "3", "--n-dev", "3", "--n-test", "5"]) == 0
+    out = tmp_path / "b.json"
+    assert run(["bench", "--bundle", str(tiny_bundle), "--data", str(data), "--task", "damage", "--split", "test",
+                "--backends", "onnxruntime", "--batch-sizes", "2", "--seconds", "0.1", "--warmup", "1",
+                "--no-peak", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    tsv = data / "crisismmd_datasplit_settingA" / "task_damage_text_img_test.tsv"
+    n = len(tsv.read_text().splitlines()) - 1
+    assert result["header"]["labelled"] == {"source": str(tsv), "records": n, "task": "damage"}
+    (row,) = result["rows"]
+    assert (row["scored"], row["failed"]) == (n, 0) and 0.0 <= row["accuracy"] <= 1.0
+    assert run(["bench", "--bundle", str(tiny_bundle), "--data", str(data), "--task", "informative"]) == 2

@@ -114,15 +114,29 @@ def register(app: typer.Typer) -> None:
         tar: bool = typer.Option(DEFAULTS["tar"], "--tar", help="Also write BUNDLE_DIR.tar.gz."),
         timing_cache: Path | None = typer.Option(None, "--timing-cache", help="TensorRT timing cache file."),
         calib_data: Path | None = typer.Option(
-            None, "--calib-data", help="Records (JSONL or a folder, as predict reads) for int8 calibration and the "
-            "fp32/fp16/int8 parity gates; without it both use generated inputs (recorded as such)."),
+            DEFAULTS["calib_data"], "--calib-data",
+            help="Records for int8 calibration and the fp32/fp16/int8 parity gates: what predict reads (JSONL, "
+            "a TSV with --image-root, a folder of images) or a CrisisMMD root with --task and --split; without it "
+            "both use generated inputs (recorded as such)."),
+        calib_image_root: Path | None = typer.Option(
+            DEFAULTS["calib_image_root"], "--image-root", help="Folder a --calib-data TSV's image paths are under."),
+        calib_task: str | None = typer.Option(
+            DEFAULTS["calib_task"], "--task", help="Task of a CrisisMMD --calib-data root (with --split)."),
+        calib_split: str | None = typer.Option(
+            DEFAULTS["calib_split"], "--split", help="Split of a CrisisMMD --calib-data root: train, dev or test."),
+        calib_splits: str = typer.Option(
+            DEFAULTS["calib_splits"], "--splits", help="Split set under a CrisisMMD --calib-data root."),
+        calib_n: int = typer.Option(
+            DEFAULTS["calib_n"], "--calib-n",
+            help="Records of --calib-data used for the gates (the first ones also calibrate)."),
     ) -> None:
         """Export a trained run to a validated, portable bundle (ONNX; TensorRT engines on a GPU)."""
         from crisis_tool.export.formats import run_export
 
         opts = ExportOptions(model=model, out=out, from_bundle=from_bundle, format=format_, precision=precision,
                              max_batch=max_batch, opset=opset, force=force, tar=tar, timing_cache=timing_cache,
-                             calib_data=calib_data)
+                             calib_data=calib_data, calib_image_root=calib_image_root, calib_task=calib_task,
+                             calib_split=calib_split, calib_splits=calib_splits, calib_n=calib_n)
         result = run_export(opts, progress=lambda text: console.print(f"[dim]{text}…[/dim]"))
         for graph, e in result.built.items():
             console.print(f"{graph}: {e['file']} ({e['gpu_name']}, TRT {e['trt_version']})")

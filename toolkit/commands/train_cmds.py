@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from crisis_tool.runtime.atomic_files import atomic_write_text
 from crisis_tool.runtime.errors import UsageError
 from crisis_tool.train_options import DEFAULT_CLIP_MODEL, DEFAULT_PRETRAINED
 from crisis_tool.train_options import TRAIN_DEFAULTS as D
@@ -93,5 +94,5 @@ def register(app: typer.Typer) -> None:
         _print_report(report)
         typer.echo(f"confusion matrix: {png}")
         if json_out:
-            json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
             typer.echo(f"metrics: {json_out}")
