@@ -29,9 +29,9 @@ from crisis_tool.runtime.manifest import (
     MODEL_CONFIG_NAME,
     EngineEntry,
     Manifest,
-    resolve_inside,
     sha256_file,
 )
+from crisis_tool.runtime.manifest_schema import resolve_inside
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "Bundle", "sha256_file", "verify_bundle"]
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any
 
 from crisis_tool.runtime.atomic_files import atomic_write_text
 from crisis_tool.runtime.errors import BundleError
 from crisis_tool.runtime.file_guard import open_regular, read_capped
 from crisis_tool.runtime.graph_table import GRAPHS, PRECISIONS, TensorSpec
+from crisis_tool.runtime.manifest_schema import ManifestReader, resolve_inside, unsafe_relpath
 
 FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
@@ -29,7 +29,6 @@ MODEL_CONFIG_NAME = "model_config.json"
 TOKENIZER_DIR = "tokenizer"
 ENGINE_DIR = "engines"
 MAX_MANIFEST_BYTES = 16 << 20
-T = TypeVar("T")
 
 
 def graph_file_name(graph: str, precision: str) -> str:
@@ -60,80 +59,13 @@ def canonical_digest(data: Any) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-class _Reader:
-    """Typed access to one JSON object of the manifest; every failure is one BundleError line."""
-
-    def __init__(self, data: Any, where: str, origin: str) -> None:
-        if not isinstance(data, dict):
-            what = f"manifest field '{where}'" if where else "manifest"
-            raise BundleError(f"{origin}: {what} must be a JSON object, not {_kind(data)}")
-        self.data, self.where, self.origin = data, where, origin
-
-    def _path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def fail(self, key: str, problem: str) -> BundleError:
-        return BundleError(f"{self.origin}: manifest field '{self._path(key)}' {problem}")
-
-    def get(self, key: str, kind: type[T] | tuple[type, ...], default: Any = ...) -> Any:
-        if key not in self.data:
-            if default is ...:
-                raise self.fail(key, "is missing")
-            return default
-        value = self.data[key]
-        bad_bool = isinstance(value, bool) and kind in (int, float)
-        if bad_bool or not isinstance(value, kind) or (kind is float and isinstance(value, bool)):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise self.fail(key, f"must be {names}, not {_kind(value)}")
-        return value
-
-    def child(self, key: str, default: Any = ...) -> _Reader:
-        """The object at `key` (or `default` when absent and given)."""
-        if key in self.data:
-            value = self.data[key]
-        elif default is ...:
-            raise self.fail(key, "is missing")
-        else:
-            value = default
-        return _Reader(value, self._path(key), self.origin)
-
-    def mapping(self, key: str, parse: Callable[[_Reader], T], default: Any = ...) -> dict[str, T]:
-        """A JSON object whose values are objects, each parsed by `parse`."""
-        reader = self.child(key, default)
-        return {name: parse(reader.child(name)) for name in reader.data}
-
-    def relpath(self, key: str) -> str:
-        value = self.get(key, str)
-        problem = unsafe_relpath(value)
-        if problem:
-            raise self.fail(key, f"{value!r} {problem}")
-        return value
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else {list: "a list", dict: "an object", str: "a string", bool: "a boolean"}.get(
-        type(value), f"a {type(value).__name__}")
-
-
-def unsafe_relpath(rel: str) -> str | None:
-    """Why `rel` may not name a bundle file (absolute, `..`, empty, backslashes), or None when it is fine."""
-    pure = PurePosixPath(rel)
-    if not rel or rel.strip() != rel or "\\" in rel or "\x00" in rel:
-        return "is not a plain relative path"
-    if pure.is_absolute() or (len(rel) > 1 and rel[1] == ":"):
-        return "is absolute (bundle paths are relative to the bundle)"
-    if any(part in ("..", ".") for part in rel.split("/")) or "" in rel.split("/"):
-        return "contains '..', '.' or an empty part"
-    return None
-
-
 @dataclass(frozen=True)
 class FileEntry:
     sha256: str
     size: int
 
     @classmethod
-    def parse(cls, r: _Reader) -> FileEntry:
+    def parse(cls, r: ManifestReader) -> FileEntry:
         sha, size = r.get("sha256", str), r.get("size", int)
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha) or size < 0:
             raise r.fail("sha256", "must be 64 lowercase hex digits with a size >= 0")
@@ -154,12 +86,12 @@ class GraphEntry:
         return cls(file, spec.inputs, spec.outputs)
 
     @classmethod
-    def parse(cls, r: _Reader) -> GraphEntry:
+    def parse(cls, r: ManifestReader) -> GraphEntry:
         def tensors(key: str) -> tuple[TensorSpec, ...]:
             items = r.get(key, list)
             out = []
             for i, item in enumerate(items):
-                t = _Reader(item, f"{r.where}.{key}[{i}]", r.origin)
+                t = ManifestReader(item, f"{r.where}.{key}[{i}]", r.origin)
                 shape = t.get("shape", list)
                 if not all(isinstance(d, (str, int)) and not isinstance(d, bool) for d in shape):
                     raise t.fail("shape", "must list dim names or sizes")
@@ -187,7 +119,7 @@ class EngineEntry:
     fp32_layers: int | None = None
 
     @classmethod
-    def parse(cls, r: _Reader) -> EngineEntry:
+    def parse(cls, r: ManifestReader) -> EngineEntry:
         source = r.get("source_graph", str, None)
         if source is not None and unsafe_relpath(source):
             raise r.fail("source_graph", f"{source!r} {unsafe_relpath(source)}")
@@ -218,7 +150,7 @@ class TokenizerEntry:
     eot_token_id: int
 
     @classmethod
-    def parse(cls, r: _Reader) -> TokenizerEntry:
+    def parse(cls, r: ManifestReader) -> TokenizerEntry:
         entry = cls(r.relpath("vocab_file"), r.get("context_length", int), r.get("sot_token_id", int),
                     r.get("eot_token_id", int))
         if not 2 <= entry.context_length <= 4096:
@@ -260,7 +192,7 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: Any, origin: str = MANIFEST_NAME) -> Manifest:
         """Parse a decoded manifest.json; BundleError naming the first field that is wrong."""
-        r = _Reader(data, "", origin)
+        r = ManifestReader(data, "", origin)
         version = r.get("format_version", int)
         if version != FORMAT_VERSION:
             raise BundleError(f"{origin}: bundle format {version!r} is not supported (expected {FORMAT_VERSION}); "
@@ -288,7 +220,7 @@ class Manifest:
         manifest._check_consistency(r)
         return manifest
 
-    def _check_consistency(self, r: _Reader) -> None:
+    def _check_consistency(self, r: ManifestReader) -> None:
         for section, table in (("graphs", self.graphs), ("engines", self.engines)):
             for precision, entries in table.items():
                 if precision not in PRECISIONS:
@@ -389,18 +321,6 @@ class Manifest:
                 raise BundleError(f"{root}: file {rel} was altered (sha256 does not match the manifest)")
 
 
-def resolve_inside(root: Path, rel: str) -> Path:
-    """`root/rel`, refused (BundleError) when it is unsafe or resolves (through links) outside `root`."""
-    problem = unsafe_relpath(rel)
-    if problem:
-        raise BundleError(f"{root}: bundle path {rel!r} {problem}")
-    path = Path(root) / rel
-    base = Path(root).resolve()
-    if not path.resolve().is_relative_to(base):
-        raise BundleError(f"{root}: bundle path {rel} resolves outside the bundle")
-    return path
-
-
 def read_manifest_json(root: str | Path) -> Any:
     """The decoded `manifest.json` of `root`: BundleError (one line) when missing, unsafe or not JSON."""
     path = Path(root) / MANIFEST_NAME
@@ -422,6 +342,6 @@ def _no_constant(name: str) -> Any:
 __all__ = [
     "ENGINE_DIR", "FORMAT_VERSION", "HEAD_WEIGHTS_NAME", "MANIFEST_DIGEST_NAME", "MANIFEST_NAME",
     "MODEL_CONFIG_NAME", "TOKENIZER_DIR", "EngineEntry", "FileEntry", "GraphEntry", "Manifest", "TokenizerEntry",
-    "canonical_digest", "engine_file_name", "graph_file_name", "read_manifest_json", "resolve_inside",
+    "canonical_digest", "engine_file_name", "graph_file_name", "read_manifest_json",
     "sha256_file",
 ]

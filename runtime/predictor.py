@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,12 +119,19 @@ class Predictor:
         providers: list[str] | None = None,
         threads: int | None = None,
         verify: bool = True,
+        backend_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Predictor:
-        """Load (and verify) a bundle and its backend; `cold_start_s` records how long that took."""
+        """Load (and verify) a bundle and its backend; `cold_start_s` records how long that took.
+
+        `backend_options` go to the backend as keyword options (e.g. {"device": "GPU"} for openvino); None
+        values count as not given, and an option the backend does not take is a UsageError. `options` go to
+        the Predictor (`image_limits`, `decode`, ...).
+        """
         start = time.perf_counter()
         bundle = Bundle.load(path, verify=verify)
-        engine = create_backend(backend, bundle, precision=precision, providers=providers, threads=threads)
+        engine = create_backend(backend, bundle, precision=precision, providers=providers, threads=threads,
+                                **dict(backend_options or {}))
         limit = engine.max_batch  # e.g. a TensorRT engine's fixed profile
         predictor = cls(bundle, engine, max_batch=min(max_batch, limit) if limit else max_batch, **options)
         predictor.cold_start_s = time.perf_counter() - start

@@ -4,13 +4,14 @@ A backend runs the image encoder, the text encoder and the fusion head (`run_hea
 arrays. The optional hooks have working defaults, so a new backend overrides only what it has:
 `max_batch` (a fixed engine profile), `unavailable_reason()` (a missing package or GPU, asked before loading),
 `bundle_unavailable_reason()` (the bundle lacks this backend's files for a precision),
-`from_bundle()` (how it is built; options it does not take are a UsageError), `synchronize()` and
-`h2d_seconds` (GPU timing for bench), `files()` (what bench reports as the model size), `peak_probe()` (the
-engine's MatMul peak, bench's roofline; see `peak_probe`), `close()`.
+`from_bundle()` (how it is built; the options it declares are what `takes_option` answers, and any other
+is a UsageError), `synchronize()` and `h2d_seconds` (GPU timing for bench), `files()` (what bench reports as
+the model size), `peak_probe()` (the engine's MatMul peak, bench's roofline; see `peak_probe`), `close()`.
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,12 @@ class Backend(ABC):
         """
         reject_options(cls.name, options)
         return cls(bundle, precision=precision)
+
+    @classmethod
+    def takes_option(cls, name: str) -> bool:
+        """True when `from_bundle` declares option `name` (e.g. "device") as a keyword argument."""
+        parameter = inspect.signature(cls.from_bundle).parameters.get(name)
+        return parameter is not None and parameter.kind is not inspect.Parameter.VAR_KEYWORD
 
     def __init__(self, bundle: Bundle, precision: str | None = None) -> None:
         """The default constructor (what the default `from_bundle` calls): runs `precision`, else the bundle's."""

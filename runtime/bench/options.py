@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from crisis_tool.runtime.backends import backend_variants
-from crisis_tool.runtime.errors import UsageError
+from crisis_tool.runtime.backends import backend_class, backend_variants
+from crisis_tool.runtime.errors import MissingDependencyError, UsageError
 from crisis_tool.runtime.image_decode import DECODE_MODES
 
 WORKLOADS = ("e2e", "image", "text", "head")
@@ -31,6 +31,7 @@ class BenchOptions:
     seconds: float = 3.0  # timed budget per row
     warmup: int = 2
     threads: int | None = None
+    device: str | None = None  # for the backends that take one (e.g. openvino CPU|GPU|NPU|AUTO); others as usual
     records: Path | None = None
     image_root: Path | None = None
     # generated text lengths, one row set each: None = real tweet lengths, N = every text N tokens (77: no
@@ -53,6 +54,8 @@ class BenchOptions:
         unknown = [b for b in self.backends if b not in variants]
         if unknown:
             raise UsageError(f"unknown backend(s) {', '.join(unknown)} (choose from {', '.join(variants)})")
+        if self.device is not None and not any(_takes_device(variants[b][0]) for b in self.backends):
+            raise UsageError(f"--device: none of the backends {', '.join(self.backends)} takes a device")
         if self.workload not in WORKLOADS:
             raise UsageError(f"--workload {self.workload!r}: choose from {', '.join(WORKLOADS)}")
         if not self.batch_sizes or any(not 1 <= b <= MAX_BATCH_SIZE for b in self.batch_sizes):
@@ -64,8 +67,9 @@ class BenchOptions:
             raise UsageError(f"--warmup {self.warmup}: between 0 and {MAX_WARMUP}")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             raise UsageError(f"--threads {self.threads}: between 1 and {MAX_THREADS}")
-        if not self.text_tokens or any(t is not None and not 2 <= t <= 77 for t in self.text_tokens):
-            raise UsageError("--text-tokens: 'real' or token counts between 2 and 77, e.g. real,77")
+        # 2 tokens (sot, eot) is an empty text, which the Predictor refuses: at least one word
+        if not self.text_tokens or any(t is not None and not 3 <= t <= 77 for t in self.text_tokens):
+            raise UsageError("--text-tokens: 'real' or token counts between 3 and 77, e.g. real,77")
         if not self.decode or any(d not in DECODE_MODES for d in self.decode):
             raise UsageError(f"--decode: one or more of {', '.join(DECODE_MODES)}, e.g. exact,fast")
         if self.max_drop is not None:
@@ -74,3 +78,11 @@ class BenchOptions:
             if self.records is None:
                 raise UsageError("--max-drop needs labelled records: --data ROOT --task T --split S, or --records "
                                  "FILE with a 'label' field")
+
+
+def _takes_device(name: str) -> bool:
+    """True when backend `name` declares a `device` option (False when it cannot even be imported here)."""
+    try:
+        return backend_class(name).takes_option("device")
+    except MissingDependencyError:
+        return False

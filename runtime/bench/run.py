@@ -57,12 +57,15 @@ def load_subject(variant: str, bundle: Bundle, opts: BenchOptions, threads: int)
         return subject
     start = time.perf_counter()
     try:
-        subject.backend = create_backend(name, bundle, precision=precision, threads=threads)
+        options = {"device": opts.device} if opts.device and cls.takes_option("device") else {}
+        subject.backend = create_backend(name, bundle, precision=precision, threads=threads, **options)
         if opts.workload == "e2e":
             subject.predictor = Predictor(bundle, subject.backend, max_batch=max(opts.batch_sizes), cache_size=0)
     except MissingDependencyError as exc:
         subject.status = f"unavailable: {exc}"
         return subject
+    except UsageError:  # e.g. an unknown --device: the user's mistake, not the backend's
+        raise
     except Exception as exc:  # noqa: BLE001 - a broken backend is a row status, not a crash
         subject.status = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return subject

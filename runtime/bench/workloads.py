@@ -72,8 +72,11 @@ def prepare_batches(bundle: Bundle, batches: list[list[Record]], workload: str) 
                     decoded[r.image] = preprocess_image(load_image(data), cfg)
             batch.pixels = np.stack([decoded[r.image] for r in records if r.image is not None])
         if workload in ("e2e", "text", "head"):
-            texts = [record_text(r.text, r.llava_text, bundle.text_source).text for r in records]
-            batch.ids = tokenizer.tokenize(texts, trim=True)
+            composed = [record_text(r.text, r.llava_text, bundle.text_source) for r in records]
+            empty = next((r for r, c in zip(records, composed, strict=True) if c.empty_input), None)
+            if empty is not None:  # the Predictor refuses such a record, so no row may time one
+                raise UsageError(f"record {empty.id}: empty text (field 'text')")
+            batch.ids = tokenizer.tokenize([c.text for c in composed], trim=True)
         out.append(batch)
     return out
 

@@ -2,8 +2,9 @@
 
 Routes (JSON): `POST /v1/predict` (see `predict_request`), `GET /healthz` (the replica is alive), `GET /readyz`
 (the model is loaded and answered its warm-up record), `GET /v1/model` (labels, text source, backend,
-precision, provider, the manifest's sha256). Whole-request problems get a 4xx `{"error": message}`; a bad
-record gets its own error in the answer, as in `predict`; a bug of ours gets a 500 for that request only.
+precision, provider, decode mode, image size limit, the manifest's sha256). Whole-request problems get a 4xx
+`{"error": message}`; a bad record gets its own error in the answer, as in `predict`; a bug of ours gets a 500
+for that request only.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class PredictorServer:
             "precision": engine.precision,
             "provider": engine.provider,
             "max_batch": serve_options.max_batch,
+            "decode": self.predictor.decode_mode,
+            "max_image_bytes": self.predictor.image_limits.max_bytes,
             "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
         }
         self.ready = False

@@ -147,6 +147,7 @@ def run_label(predictor_options: PredictorOptions, options: LabelOptions) -> Lab
         check_readable(path, options.image_root)
     if pending:
         require_ray("label")
+        predictor_options.validate()
         if not options.address:  # on a cluster the bundle only needs to exist where the actors run
             predictor_options.check()
         with ray_session(options.address):

@@ -52,11 +52,17 @@ def serve_until_stopped(
     on_ready: Callable[[RunningServer], None],
     stop: threading.Event | None = None,
 ) -> None:
-    """Serve until Ctrl-C, SIGTERM or `stop` is set, then delete the application (and the local Ray)."""
+    """Serve until Ctrl-C, SIGTERM or `stop` is set, then delete the application (and the local Ray).
+
+    Without `address` (a local Ray) the Predictor is first loaded and closed here, as `label` does, so a bad
+    bundle, backend, precision or device is one usage line instead of failing replicas.
+    """
     require_ray("serve")
     serve_options.validate()
+    predictor_options.validate()
     if not serve_options.address:
         check_port_free(serve_options.host, serve_options.port)
+        predictor_options.check()  # a bad bundle, backend or device: one line before Ray starts
     stop = stop or threading.Event()
     with ray_session(serve_options.address):
         from ray import serve

@@ -93,6 +93,9 @@ def register(app: typer.Typer) -> None:
         seconds: float = typer.Option(DEFAULTS["seconds"], "--seconds", help="Timed budget per row (seconds)."),
         warmup: int = typer.Option(DEFAULTS["warmup"], "--warmup", help="Warm-up repetitions per row."),
         threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (default: all CPUs)."),
+        device: str | None = typer.Option(None, "--device", help="Device for the backends that take one (e.g. "
+                                          "openvino: CPU, GPU, NPU or AUTO); the others run as usual. The "
+                                          "provider column shows the device really used."),
         json_out: Path | None = typer.Option(None, "--json", help="Write header + rows as JSON."),
         markdown_out: Path | None = typer.Option(None, "--markdown", help="Write a Markdown table."),
         plot_out: Path | None = typer.Option(None, "--plot", help="Write a PNG of items/s vs batch size."),
@@ -128,7 +131,7 @@ def register(app: typer.Typer) -> None:
         opts = BenchOptions(
             bundle=bundle, backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
             batch_sizes=_ints(batch_sizes, "--batch-sizes"), workload=workload, seconds=seconds,
-            warmup=warmup, threads=threads, records=records, image_root=image_root,
+            warmup=warmup, threads=threads, device=device, records=records, image_root=image_root,
             text_tokens=_text_tokens(text_tokens), measure_gemm=not no_gemm,
             decode=tuple(d.strip() for d in decode.split(",") if d.strip()), label_map=label_map, task=task,
             max_drop=max_drop,

@@ -33,6 +33,8 @@ PROVIDER_ALIASES = {
     "trt": "TensorrtExecutionProvider",
 }
 EXIT_SOME_FAILED = 3
+DEVICE_HELP = ("Device for backends that take one: openvino CPU, GPU, NPU or AUTO (default CPU); the device "
+               "really used is reported. Other backends refuse it (onnxruntime: use --providers).")
 EXIT_INTERRUPTED = 130
 
 
@@ -109,6 +111,7 @@ def register(app: typer.Typer) -> None:
             help="ONNX Runtime providers in order, e.g. 'cpu' or 'TensorrtExecutionProvider,cuda,cpu'.",
         ),
         threads: int | None = typer.Option(None, "--threads", min=1, help="Intra-op threads (onnxruntime)."),
+        device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
         max_image_bytes: int = typer.Option(
             DEFAULT_MAX_IMAGE_BYTES, "--max-image-bytes", min=1,
             help="Largest image file (encoded bytes) a record may name; larger ones are that record's error.",
@@ -135,6 +138,7 @@ def register(app: typer.Typer) -> None:
             predictor = Predictor.from_bundle(
                 bundle, backend=backend, max_batch=batch_size, precision=precision,
                 providers=parse_providers(providers), threads=threads, image_limits=limits, decode=decode,
+                backend_options={"device": device},
             )
             start = time.perf_counter()
             writer = JsonlWriter(output, keep_partial=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from crisis_tool.commands.predict_cmd import EXIT_SOME_FAILED, _check_bundle_arg, parse_providers
+from crisis_tool.commands.predict_cmd import DEVICE_HELP, EXIT_SOME_FAILED, _check_bundle_arg, parse_providers
 from crisis_tool.runtime.serve.options import LabelOptions, PredictorOptions, ServeOptions
 
 _PRED, _SERVE, _LABEL = PredictorOptions(), ServeOptions(), LabelOptions()
@@ -19,16 +19,23 @@ BACKEND = typer.Option(_PRED.backend, "--backend", help="onnxruntime, tensorrt o
 PRECISION = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the bundle's own precision).")
 PROVIDERS = typer.Option(None, "--providers", help="ONNX Runtime providers in order, e.g. 'cpu' or 'cuda,cpu'.")
 THREADS = typer.Option(None, "--threads", min=1, help="Intra-op threads per replica or actor (onnxruntime).")
+DEVICE = typer.Option(None, "--device", help=DEVICE_HELP)
+MAX_IMAGE_BYTES = typer.Option(_PRED.max_image_bytes, "--max-image-bytes", min=1,
+                               help="Largest image (encoded bytes) a record may carry; larger is that record's error.")
+DECODE = typer.Option(_PRED.decode, "--decode", help="exact (full-size decode, as in training) or fast (JPEGs "
+                      "decode at reduced scale, at least twice the model's input size, then the same resize).")
 ADDRESS = typer.Option(None, "--address", help="Join this Ray cluster (e.g. 'auto' or 'HOST:6379') instead of "
                        "starting a local Ray.")
 
 
 def _predictor_options(
-    bundle: Path, backend: str, precision: str | None, providers: str | None, threads: int | None
+    bundle: Path, backend: str, precision: str | None, providers: str | None, threads: int | None,
+    device: str | None, max_image_bytes: int, decode: str,
 ) -> PredictorOptions:
     names = parse_providers(providers)
     return PredictorOptions(bundle=bundle.resolve(), backend=backend, precision=precision,
-                            providers=tuple(names) if names else None, threads=threads)
+                            providers=tuple(names) if names else None, threads=threads, device=device,
+                            max_image_bytes=max_image_bytes, decode=decode)
 
 
 def register(app: typer.Typer) -> None:
@@ -41,6 +48,9 @@ def register(app: typer.Typer) -> None:
         precision: str | None = PRECISION,
         providers: str | None = PROVIDERS,
         threads: int | None = THREADS,
+        device: str | None = DEVICE,
+        max_image_bytes: int = MAX_IMAGE_BYTES,
+        decode: str = DECODE,
         address: str | None = ADDRESS,
         host: str = typer.Option(_SERVE.host, "--host", help="Address to listen on (loopback unless you say so)."),
         port: int = typer.Option(_SERVE.port, "--port", min=1, max=65535, help="HTTP port."),
@@ -69,7 +79,8 @@ def register(app: typer.Typer) -> None:
             max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_ongoing_requests=max_ongoing_requests,
             max_body_bytes=max_body_bytes, max_records=max_records,
         )
-        predictor = _predictor_options(bundle, backend, precision, providers, threads)
+        predictor = _predictor_options(bundle, backend, precision, providers, threads, device, max_image_bytes,
+                                       decode)
 
         def announce(server: RunningServer) -> None:
             typer.echo(f"serving {bundle} at {server.url} (POST /v1/predict, GET /healthz /readyz /v1/model); "
@@ -90,6 +101,9 @@ def register(app: typer.Typer) -> None:
         precision: str | None = PRECISION,
         providers: str | None = PROVIDERS,
         threads: int | None = THREADS,
+        device: str | None = DEVICE,
+        max_image_bytes: int = MAX_IMAGE_BYTES,
+        decode: str = DECODE,
         address: str | None = ADDRESS,
         concurrency: int = typer.Option(_LABEL.concurrency, "--concurrency", min=1, help="Predictor actors."),
         batch_size: int = typer.Option(_LABEL.batch_size, "--batch-size", min=1, help="Records per actor call."),
@@ -105,7 +119,9 @@ def register(app: typer.Typer) -> None:
             address=address, concurrency=concurrency, batch_size=batch_size, gpus_per_actor=gpus_per_actor,
             cpus_per_actor=cpus_per_actor,
         )
-        summary = run_label(_predictor_options(bundle, backend, precision, providers, threads), options)
+        predictor = _predictor_options(bundle, backend, precision, providers, threads, device, max_image_bytes,
+                                       decode)
+        summary = run_label(predictor, options)
         rate = summary.rows / max(summary.seconds, 1e-9)
         typer.echo(
             f"{len(summary.written)} files written, {len(summary.skipped)} already complete (skipped); "
