@@ -24,7 +24,7 @@ from crisis_tool.data.synthetic import make_demo_data
 from crisis_tool.features import FeatureCache
 from crisis_tool.models.heads import HeadConfig, build_head
 from crisis_tool.runtime.preprocess import load_image, preprocess_image
-from crisis_tool.runtime.text_clean import compose_text
+from crisis_tool.runtime.record_text import record_text
 from crisis_tool.runtime.tokenizer import ClipTokenizer
 
 
@@ -72,7 +72,7 @@ def main() -> None:
             for s in range(0, len(examples) - 1, bs):
                 rows = examples[s : s + bs]
                 pixels = np.stack([preprocess_image(load_image(data / r.image), clip.preprocess) for r in rows])
-                ids = tok([compose_text(r.text, None, "tweet") for r in rows])
+                ids = tok([record_text(r.text, None, "tweet").text for r in rows])
                 with torch.no_grad():
                     img = clip.model.encode_image(torch.from_numpy(pixels))
                     txt = clip.model.encode_text(torch.from_numpy(ids))

@@ -14,7 +14,7 @@
 4. ``#`` marks are removed, the hashtag word is kept (``#Harvey`` -> ``Harvey``).
 5. Whitespace (including newlines and tabs) is collapsed to single spaces and the ends are stripped.
 
-`compose_text` builds the text for one example from the tweet and an optional LLaVA caption.
+Which text a record feeds the encoder (tweet, caption or both) is decided in one place: `record_text`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from __future__ import annotations
 import re
 
 import ftfy
-
-from crisis_tool.runtime.errors import UsageError
 
 TEXT_SOURCES: tuple[str, ...] = ("tweet", "llava", "tweet+llava")
 MAX_TEXT_CHARS = 16384
@@ -42,19 +40,3 @@ def clean_tweet(text: str | None) -> str:
     text = _RT_RE.sub("", text)
     text = text.replace("#", "")
     return " ".join(text.split())
-
-
-def compose_text(tweet: str | None, llava: str | None, source: str) -> str:
-    """The text for one example under `source` (one of TEXT_SOURCES).
-
-    "tweet": the cleaned tweet. "llava": the cleaned LLaVA caption ("" when there is none).
-    "tweet+llava": cleaned tweet and cleaned caption joined by one space (the tweet alone when the caption is
-    missing or empty).
-    """
-    if source not in TEXT_SOURCES:
-        raise UsageError(f"unknown text source {source!r}; expected one of {', '.join(TEXT_SOURCES)}")
-    if source == "tweet":
-        return clean_tweet(tweet)
-    if source == "llava":
-        return clean_tweet(llava)
-    return " ".join(part for part in (clean_tweet(tweet), clean_tweet(llava)) if part)

@@ -51,6 +51,7 @@ class TorchBackend(Backend):
 
         if options.get("providers"):
             raise UsageError("the torch reference backend takes no --providers")
+        torch_device(device)  # a bad --device is a usage error before any weights load
         reject_options(cls.name, {k: v for k, v in options.items() if k != "providers"})
         if precision not in (None, "fp32"):
             raise UsageError("the torch reference backend runs fp32 only")
@@ -64,8 +65,7 @@ class TorchBackend(Backend):
             head.load_state_dict(load_file(str(weights)))
         except Exception as exc:  # noqa: BLE001 - corrupt or mismatched safetensors: one line
             raise BundleError(f"{weights}: cannot load the head weights ({str(exc).splitlines()[0]})") from None
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(clip.model, head, clip.context_length, device,
+        return cls(clip.model, head, clip.context_length, torch_device(device),
                    files=[weights, bundle.path(MODEL_CONFIG_NAME)])
 
     def files(self) -> list[Path]:
@@ -95,3 +95,22 @@ class TorchBackend(Backend):
         image = self._tensor(image_embeds.astype(np.float32, copy=False))
         logits = self.head(image, self._tensor(text_embeds.astype(np.float32, copy=False)))
         return logits.cpu().numpy(), torch.softmax(logits, dim=-1).cpu().numpy()
+
+
+TORCH_DEVICES = {"CPU": "cpu", "GPU": "cuda"}
+
+
+def torch_device(device: str | None) -> str:
+    """torch's name for `--device` (CPU, GPU, or a torch name such as cuda:1); default: CUDA when torch sees one."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    name = TORCH_DEVICES.get(device.upper(), device)
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        kind = "unknown"
+    if kind not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device!r}: the torch backend takes CPU, GPU or a torch device such as cuda:0")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: torch sees no CUDA GPU on this machine")
+    return name

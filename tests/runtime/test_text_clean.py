@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from crisis_tool.runtime.errors import UsageError
-from crisis_tool.runtime.text_clean import TEXT_SOURCES, clean_tweet, compose_text
+from crisis_tool.runtime.record_text import RecordText, record_text
+from crisis_tool.runtime.text_clean import TEXT_SOURCES, clean_tweet
 
 
 def test_repairs_mojibake() -> None:
@@ -42,17 +43,15 @@ def test_collapses_whitespace() -> None:
     assert clean_tweet(None) == ""
 
 
-def test_compose_text_sources() -> None:
+def test_text_sources_and_the_rule_compose_cleaned_parts() -> None:
     tweet, llava = "RT #Flood in town https://t.co/x", "A  flooded street with cars."
     assert TEXT_SOURCES == ("tweet", "llava", "tweet+llava")
-    assert compose_text(tweet, llava, "tweet") == "Flood in town"
-    assert compose_text(tweet, llava, "llava") == "A flooded street with cars."
-    assert compose_text(tweet, llava, "tweet+llava") == "Flood in town A flooded street with cars."
-    assert compose_text(tweet, None, "tweet+llava") == "Flood in town"
-    assert compose_text(tweet, "  ", "tweet+llava") == "Flood in town"
-    assert compose_text(tweet, None, "llava") == ""
+    assert record_text(tweet, llava, "tweet").text == "Flood in town"
+    assert record_text(tweet, llava, "llava").text == "A flooded street with cars."
+    assert record_text(tweet, llava, "tweet+llava").text == "Flood in town A flooded street with cars."
+    assert record_text(tweet, "  ", "tweet+llava") == RecordText("Flood in town", caption_missing=True)
 
 
-def test_compose_text_rejects_unknown_source() -> None:
+def test_unknown_text_source_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="unknown text source 'image'"):
-        compose_text("a", "b", "image")
+        record_text("a", "b", "image")
