@@ -64,18 +64,10 @@ print(json.dumps({"import_s": t1 - t0, "load_s": p.cold_start_s, "load_to_first_
 """
 
 
-def build_bundle(work: Path, clip_model: str = "ViT-B-32") -> Path:
-    """Run dir (random `clip_model` + guided-diff head) -> bundle with fp32 and int8 graphs; reused if present."""
-    bundle = work / "bundle"
-    if (bundle / "manifest.json").is_file():
-        found = Bundle.load(bundle, verify=False).run_config().get("clip", {}).get("model_name")
-        if found != clip_model:
-            raise SystemExit(f"{bundle} holds a {found} bundle, not {clip_model}: use another --workdir")
-        print(f"reusing {bundle} ({clip_model})")
-        return bundle
+def save_random_run(run_dir: Path, clip_model: str = "ViT-B-32") -> Path:
+    """A run dir with random `clip_model` encoders and a seeded 3-class guided-diff head (damage labels)."""
     import torch
 
-    from crisis_tool.cli import run
     from crisis_tool.clip_loader import load_clip
     from crisis_tool.models.heads import HeadConfig, build_head
     from crisis_tool.run_dir import save_run
@@ -86,7 +78,22 @@ def build_bundle(work: Path, clip_model: str = "ViT-B-32") -> Path:
     config = {"task": "damage", "labels": ["little_or_no_damage", "mild_damage", "severe_damage"],
               "text_source": "tweet", "head": cfg.to_dict(), "clip": clip.describe(),
               "preprocess": clip.preprocess.to_dict()}
-    save_run(work / "run", build_head(cfg).eval(), config, {})
+    save_run(run_dir, build_head(cfg).eval(), config, {})
+    return run_dir
+
+
+def build_bundle(work: Path, clip_model: str = "ViT-B-32") -> Path:
+    """Run dir (random `clip_model` + guided-diff head) -> bundle with fp32 and int8 graphs; reused if present."""
+    bundle = work / "bundle"
+    if (bundle / "manifest.json").is_file():
+        found = Bundle.load(bundle, verify=False).run_config().get("clip", {}).get("model_name")
+        if found != clip_model:
+            raise SystemExit(f"{bundle} holds a {found} bundle, not {clip_model}: use another --workdir")
+        print(f"reusing {bundle} ({clip_model})")
+        return bundle
+    from crisis_tool.cli import run
+
+    save_random_run(work / "run", clip_model)
     args = ["export", "--model", str(work / "run"), "--out", str(bundle), "--precision", "int8"]
     start = time.perf_counter()
     code = run(args)

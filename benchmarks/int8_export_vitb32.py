@@ -42,23 +42,14 @@ CLI = [str(Path(sys.executable).with_name("crisis-tool"))]
 
 def make_run(work: Path) -> Path:
     """Run dir with random ViT-B-32 and a 3-class head (as benchmarks/e2e_cpu.py)."""
-    from crisis_tool.run_dir import WEIGHTS_NAME, save_run
+    from crisis_tool.run_dir import WEIGHTS_NAME
 
     run_dir = work / "run"
     if (run_dir / WEIGHTS_NAME).is_file():
         return run_dir
-    import torch
+    from e2e_cpu import save_random_run  # the sibling script: the same random run as the e2e benchmark
 
-    from crisis_tool.clip_loader import load_clip
-    from crisis_tool.models.heads import HeadConfig, build_head
-
-    clip = load_clip("ViT-B-32", "none")
-    cfg = HeadConfig(num_classes=3, clip_embed_dim=clip.embed_dim)
-    torch.manual_seed(0)
-    config = {"task": "damage", "labels": ["little_or_no_damage", "mild_damage", "severe_damage"],
-              "text_source": "tweet", "head": cfg.to_dict(), "clip": clip.describe(),
-              "preprocess": clip.preprocess.to_dict()}
-    save_run(run_dir, build_head(cfg).eval(), config, {})
+    save_random_run(run_dir)
     return run_dir
 
 

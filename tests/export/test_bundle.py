@@ -14,19 +14,19 @@ from crisis_tool.runtime.manifest import FORMAT_VERSION, sha256_file
 
 
 @pytest.fixture
-def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+def bundle_copy(tiny_int8_bundle: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_int8_bundle, tmp_path / "bundle"))
 
 
-def test_manifest_content(tiny_bundle: Path, tiny_run: Path):
-    m = json.loads((tiny_bundle / "manifest.json").read_text())
+def test_manifest_content(tiny_int8_bundle: Path, tiny_run: Path):
+    m = json.loads((tiny_int8_bundle / "manifest.json").read_text())
     run_config = json.loads((tiny_run / "config.json").read_text())
     assert m["format_version"] == FORMAT_VERSION
     assert m["task"] == "informative" and m["labels"] == ["not_informative", "informative"]
     assert m["text_source"] == "tweet" and "model" not in m  # the run config is stored once, in model_config.json
     assert m["preprocess"] == run_config["preprocess"]
     assert m["tokenizer"]["sot_token_id"] == 49406 and m["tokenizer"]["eot_token_id"] == 49407
-    assert m["tokenizer"]["context_length"] == 77 and (tiny_bundle / m["tokenizer"]["vocab_file"]).is_file()
+    assert m["tokenizer"]["context_length"] == 77 and (tiny_int8_bundle / m["tokenizer"]["vocab_file"]).is_file()
     assert set(m["graphs"]) == {"fp32", "int8"}
     assert m["graphs"]["fp32"]["text_encoder"]["file"] == "text_encoder.onnx"
     assert m["graphs"]["int8"]["head"]["file"] == "head.int8.onnx"
@@ -39,15 +39,16 @@ def test_manifest_content(tiny_bundle: Path, tiny_run: Path):
     expected |= {g["file"] for graphs in m["graphs"].values() for g in graphs.values()}
     assert set(m["files"]) == expected
     for rel, meta in m["files"].items():
-        assert meta["sha256"] == sha256_file(tiny_bundle / rel) and meta["size"] == (tiny_bundle / rel).stat().st_size
-    assert json.loads((tiny_bundle / "model_config.json").read_text()) == run_config
-    assert not list(tiny_bundle.parent.glob(".*partial*"))
+        path = tiny_int8_bundle / rel
+        assert meta["sha256"] == sha256_file(path) and meta["size"] == path.stat().st_size
+    assert json.loads((tiny_int8_bundle / "model_config.json").read_text()) == run_config
+    assert not list(tiny_int8_bundle.parent.glob(".*partial*"))
 
 
-def test_verify_and_inspect_cli(tiny_bundle: Path, cli, capsys):
-    assert cli(["verify", tiny_bundle]) == 0
+def test_verify_and_inspect_cli(tiny_int8_bundle: Path, cli, capsys):
+    assert cli(["verify", tiny_int8_bundle]) == 0
     assert "ok:" in capsys.readouterr().out
-    assert cli(["inspect", tiny_bundle]) == 0
+    assert cli(["inspect", tiny_int8_bundle]) == 0
     out = capsys.readouterr().out
     assert "informative" in out and "parity" in out and "end_to_end" in out and "crisis-tiny" in out
 

@@ -18,8 +18,8 @@ from crisis_tool.runtime.manifest import MANIFEST_DIGEST_NAME, MANIFEST_NAME, ca
 
 
 @pytest.fixture
-def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+def bundle_copy(tiny_int8_bundle: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_int8_bundle, tmp_path / "bundle"))
 
 
 def _edit(root: Path, change, sign: bool = True) -> None:

@@ -129,10 +129,10 @@ def test_texts_follow_the_one_text_rule(tiny_run, tmp_path):
         assert not want[len(ids):].any()  # only padding was trimmed
 
 
-def test_manifest_records_the_calibration_source(tiny_bundle, tmp_path, cli, capsys):
+def test_manifest_records_the_calibration_source(tiny_int8_bundle, tmp_path, cli, capsys):
     """The top-level `calibration` field: parsed as a string, optional (older bundles have none), and covered by
     the manifest digest like every other field."""
-    data = read_manifest_json(tiny_bundle)
+    data = read_manifest_json(tiny_int8_bundle)
     assert data["calibration"] == "generated"  # the tiny bundle was exported without --calib-data
     assert Manifest.from_dict(data).calibration == "generated"
     older = {k: v for k, v in data.items() if k != "calibration"}
@@ -143,7 +143,7 @@ def test_manifest_records_the_calibration_source(tiny_bundle, tmp_path, cli, cap
     copy = tmp_path / "b"
     import shutil
 
-    shutil.copytree(tiny_bundle, copy)
+    shutil.copytree(tiny_int8_bundle, copy)
     (copy / "manifest.json").write_text(json.dumps({**data, "calibration": "records:real.jsonl n=512"}))
     assert cli(["verify", copy]) != 0
     assert "was altered" in capsys.readouterr().err

@@ -18,13 +18,13 @@ BATCHES = (1, 3, 8)
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_bundle: Path) -> TorchBackend:
-    return TorchBackend.from_bundle(Bundle.load(tiny_bundle))
+def reference(tiny_int8_bundle: Path) -> TorchBackend:
+    return TorchBackend.from_bundle(Bundle.load(tiny_int8_bundle))
 
 
 @pytest.fixture(scope="module")
-def sessions(tiny_bundle: Path) -> dict:
-    bundle = Bundle.load(tiny_bundle)
+def sessions(tiny_int8_bundle: Path) -> dict:
+    bundle = Bundle.load(tiny_int8_bundle)
     return {c: open_session(bundle.graph_path(c, "fp32")) for c in GRAPHS}
 
 
@@ -33,8 +33,8 @@ def _inputs(batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.standard_normal((batch, 3, 224, 224)).astype(np.float32), generate_ids(batch, rng, 49406, 49407)
 
 
-def test_manifest_records_passing_fp32_gates(tiny_bundle: Path):
-    parity = json.loads((tiny_bundle / "manifest.json").read_text())["parity"]["fp32"]
+def test_manifest_records_passing_fp32_gates(tiny_int8_bundle: Path):
+    parity = json.loads((tiny_int8_bundle / "manifest.json").read_text())["parity"]["fp32"]
     assert set(parity) == {"image_encoder", "text_encoder", "head", "end_to_end"}
     for entry in parity.values():
         assert entry["passed"] and entry["batches"] == list(BATCHES)
@@ -62,8 +62,8 @@ def test_each_graph_and_end_to_end_match_torch(batch, reference, sessions):
     assert (e2e.argmax(1) == ref_logits.argmax(1)).all()
 
 
-def test_graph_io_and_dynamic_axes(tiny_bundle: Path):
-    bundle = Bundle.load(tiny_bundle)
+def test_graph_io_and_dynamic_axes(tiny_int8_bundle: Path):
+    bundle = Bundle.load(tiny_int8_bundle)
     for component, spec in GRAPHS.items():
         model = onnx.load(bundle.graph_path(component, "fp32"))
         assert [i.name for i in model.graph.input] == spec.input_names
@@ -76,9 +76,9 @@ def test_graph_io_and_dynamic_axes(tiny_bundle: Path):
             assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
 
 
-def test_eot_is_located_with_int32_argmax(tiny_bundle: Path):
+def test_eot_is_located_with_int32_argmax(tiny_int8_bundle: Path):
     """No ArgMax over int64 in the text graph: the EOT position comes from (ids == eot) cast to int32."""
-    model = onnx.shape_inference.infer_shapes(onnx.load(Bundle.load(tiny_bundle).graph_path("text_encoder")))
+    model = onnx.shape_inference.infer_shapes(onnx.load(Bundle.load(tiny_int8_bundle).graph_path("text_encoder")))
     types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
     argmaxes = [n for n in model.graph.node if n.op_type == "ArgMax"]
     assert argmaxes and all(types[n.input[0]] == onnx.TensorProto.INT32 for n in argmaxes)

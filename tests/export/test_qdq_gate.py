@@ -17,10 +17,10 @@ from crisis_tool.runtime.tokenizer import ClipTokenizer
 
 
 @pytest.fixture(scope="module")
-def gate(tiny_bundle: Path):
-    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    fp32 = {g: tiny_bundle / e["file"] for g, e in manifest["graphs"]["fp32"].items()}
-    tok = ClipTokenizer(tiny_bundle / manifest["tokenizer"]["vocab_file"],
+def gate(tiny_int8_bundle: Path):
+    manifest = json.loads((tiny_int8_bundle / "manifest.json").read_text())
+    fp32 = {g: tiny_int8_bundle / e["file"] for g, e in manifest["graphs"]["fp32"].items()}
+    tok = ClipTokenizer(tiny_int8_bundle / manifest["tokenizer"]["vocab_file"],
                         context_length=manifest["tokenizer"]["context_length"])
     _, cases = bundle_gate_cases(fp32, CalibrationSpec(), preprocess=manifest["preprocess"], tokenizer=tok,
                                  text_source=manifest["text_source"], max_batch=8)

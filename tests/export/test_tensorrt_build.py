@@ -25,8 +25,8 @@ def _install(monkeypatch: pytest.MonkeyPatch, devices: int = 1) -> types.ModuleT
 
 
 @pytest.fixture
-def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+def bundle_copy(tiny_int8_bundle: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_int8_bundle, tmp_path / "bundle"))
 
 
 def test_fp16_engines_profiles_flags_and_fp32_pins(monkeypatch, bundle_copy, tmp_path, capsys, cli):

@@ -12,9 +12,9 @@ import pytest
 from crisis_tool.runtime.backends import REGISTRY, Backend, register_backend
 from crisis_tool.runtime.backends.onnx_matmul import matmul_model
 from crisis_tool.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-from crisis_tool.runtime.backends.peak_probe import PeakProbe
+from crisis_tool.runtime.backends.peak_probe import PROBE_SIZE, PeakProbe
 from crisis_tool.runtime.bench import BenchOptions, run_bench
-from crisis_tool.runtime.bench.engine_peak import OVER_PEAK, EnginePeak, EnginePeaks
+from crisis_tool.runtime.bench.engine_peak import OVER_PEAK, PROBE_BURST, EnginePeak, EnginePeaks
 from crisis_tool.runtime.bench.rows import BackendUnderTest, Row
 
 
@@ -66,8 +66,8 @@ def test_onnxruntime_probe_runs_the_row_precision_with_the_row_threads(tiny_bund
     bundle = Bundle.load(tiny_bundle)
     backend = OnnxRuntimeBackend(bundle, "fp32", ["CPUExecutionProvider"], threads=1)
     probe = backend.peak_probe()
-    assert probe is not None and probe.flops == 2 * 1024**3
-    assert "MatMul fp32 1024^3, 1 threads" in probe.what
+    assert probe is not None and probe.flops == 2 * PROBE_SIZE**3
+    assert f"MatMul fp32 {PROBE_SIZE}^3, 1 threads" in probe.what
     probe.run()
     if bundle.has_graphs("int8"):
         probe8 = OnnxRuntimeBackend(bundle, "int8", ["CPUExecutionProvider"], threads=1).peak_probe()
@@ -80,7 +80,8 @@ def test_rows_never_exceed_their_engine_peak(tiny_bundle: Path) -> None:
                         workload="image", seconds=0.3, warmup=1)
     result = run_bench(opts)
     peaks = result["header"]["engine_peaks"]
-    assert peaks["onnxruntime"]["gflops"] > 0 and peaks["onnxruntime"]["probes"] >= 3 + 3  # warm + per round
+    assert peaks["onnxruntime"]["gflops"] > 0
+    assert peaks["onnxruntime"]["probes"] >= (3 + 3) * PROBE_BURST  # bursts: warm + per round
     ok = [r for r in result["rows"] if r["status"] == "ok"]
     assert ok and all(0 < r["roofline_pct"] <= 100 and r["roofline_flag"] is None for r in ok)
     assert not result["header"]["roofline_warnings"]

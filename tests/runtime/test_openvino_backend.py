@@ -30,13 +30,9 @@ N = len(TEXTS)
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    """The tiny run of `tiny_bundle` exported again with fp32 + int8 graphs."""
-    from crisis_tool.cli import run
-
-    out = tmp_path_factory.mktemp("openvino") / "int8"
-    assert run(["export", "--model", str(tiny_bundle.parent / "run"), "--out", str(out), "--precision", "int8"]) == 0
-    return Bundle.load(out)
+def bundle(tiny_int8_bundle: Path) -> Bundle:
+    """The shared tiny bundle with fp32 + int8 graphs."""
+    return Bundle.load(tiny_int8_bundle)
 
 
 @pytest.fixture(scope="module")
