@@ -55,12 +55,13 @@ def gated_qdq_graph(graph: str, src: Path, dst: Path, cases: list[ParityCase]
                     ) -> tuple[Path | None, dict[str, Any]]:
     """A TensorRT Q/DQ graph of `src` that passes the int8 gate in onnxruntime, or None; with its report.
 
-    When the fully quantized graph fails, weight nodes are ranked by how much quantizing each one alone costs
-    and left in float, worst first, until the graph passes.
+    When the fully quantized graph fails, the residual-stream writers (attention output and MLP down
+    projections, `residual_writers`) are left in float; if that fails too, weight nodes are ranked by how much
+    quantizing each one alone costs and left in float, worst first, until the graph passes.
     """
     import onnx
 
-    from crisis_tool.export.qdq import name_nodes, qdq_graph, weight_nodes
+    from crisis_tool.export.qdq import name_nodes, qdq_graph, residual_writers, weight_nodes
 
     feeds = calibration_feeds(graph, cases)
     model = onnx.load(str(src))
@@ -70,6 +71,14 @@ def gated_qdq_graph(graph: str, src: Path, dst: Path, cases: list[ParityCase]
     report: dict[str, Any] = {"quantized_nodes": len(nodes), "excluded": [], "first_try": _short(entry)}
     if entry["passed"]:
         return dst, {**entry, **report}
+    writers = residual_writers(model)
+    kept = [n for n in nodes if n not in writers]
+    if writers and kept:
+        entry = _gate(graph, qdq_graph(src, dst, feeds, flavour="tensorrt", nodes=kept), cases)
+        report["residual_writers_in_float"] = _short(entry)
+        if entry["passed"]:
+            return dst, {**entry, **report, "excluded": writers, "quantized_nodes": len(kept),
+                         "rule": "residual-stream writers left in float"}
     ranked = sorted(nodes, key=lambda node: -_alone(graph, src, dst, feeds, cases, node))
     excluded: list[str] = []
     for node in ranked:

@@ -26,6 +26,7 @@ import onnx
 
 QUANTIZED_OP_TYPES = ("MatMul", "Gemm", "Conv")
 QDQ_FLAVOURS = ("tensorrt", "cpu")
+CALIBRATION_PERCENTILE = 99.999
 
 
 def weight_nodes(model: onnx.ModelProto) -> list[str]:
@@ -33,6 +34,49 @@ def weight_nodes(model: onnx.ModelProto) -> list[str]:
     inits = {init.name for init in model.graph.initializer}
     return [node.name for node in model.graph.node
             if node.op_type in QUANTIZED_OP_TYPES and len(node.input) > 1 and node.input[1] in inits]
+
+
+def residual_writers(model: onnx.ModelProto) -> list[str]:
+    """Weight nodes that write into the residual stream of a pre-norm transformer: their output (after at most
+    one bias Add) is added to a tensor that also feeds a normalization (the stream `x` in `x + f(norm(x))`).
+    These are the attention output and MLP down projections, whose inputs (attention context, GELU output)
+    carry the widest activation ranges: leaving them in float is the first thing to try when a fully quantized
+    graph fails its gate."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def feeds_a_norm(tensor: str) -> bool:
+        return any(n.op_type in ("LayerNormalization", "ReduceMean") for n in consumers.get(tensor, []))
+
+    def adds_to_stream(tensor: str, hops: int = 1) -> bool:
+        for node in consumers.get(tensor, []):
+            if node.op_type != "Add":
+                continue
+            if any(feeds_a_norm(other) for other in node.input if other != tensor):
+                return True
+            if hops and adds_to_stream(node.output[0], hops - 1):
+                return True
+        return False
+
+    weights = set(weight_nodes(model))
+    return [node.name for node in model.graph.node if node.name in weights and adds_to_stream(node.output[0])]
+
+
+def uniform_feeds(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The feeds as single rows of one shape per input, which histogram calibration needs: integer id inputs
+    (text) are zero-padded to the widest (the causal text tower pools at the end-of-text token, so padding
+    after it changes nothing), and every batch is split into batch-1 feeds."""
+    widths: dict[str, int] = {}
+    for feed in feeds:
+        for name, array in feed.items():
+            if array.dtype.kind in "iu" and array.ndim == 2:
+                widths[name] = max(widths.get(name, 0), array.shape[1])
+    padded = [{name: np.pad(a, ((0, 0), (0, widths[name] - a.shape[1]))) if name in widths else a
+               for name, a in feed.items()} for feed in feeds]
+    return [{name: a[i : i + 1] for name, a in feed.items()}
+            for feed in padded for i in range(len(next(iter(feed.values()))))]
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
@@ -59,8 +103,10 @@ class _FeedReader:
 
 def qdq_graph(src: Path, dst: Path, feeds: list[dict[str, Any]], flavour: str = "tensorrt",
               nodes: list[str] | None = None) -> Path:
-    """A Q/DQ copy of `src` at `dst`, calibrated (MinMax) on `feeds`; only `nodes` (default: every one of
-    `weight_nodes`) are quantized."""
+    """A Q/DQ copy of `src` at `dst`, calibrated on `feeds`; only `nodes` (default: every one of `weight_nodes`)
+    are quantized. For TensorRT (symmetric int8 activations) the ranges are the 99.999th percentile of each
+    activation histogram, not its min/max, so one outlier does not cost every other value its resolution; the
+    CPU flavour (asymmetric u8 activations, one of export's int8 candidates) keeps min/max."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -75,8 +121,8 @@ def qdq_graph(src: Path, dst: Path, feeds: list[dict[str, Any]], flavour: str = 
     name_nodes(model)
     allowed = set(weight_nodes(model))
     nodes = [n for n in (allowed if nodes is None else nodes) if n in allowed]
-    reader = type("Reader", (_FeedReader, CalibrationDataReader), {})(feeds)
     tensorrt = flavour == "tensorrt"
+    reader = type("Reader", (_FeedReader, CalibrationDataReader), {})(uniform_feeds(feeds) if tensorrt else feeds)
     with tempfile.TemporaryDirectory(dir=Path(dst).parent) as scratch:
         named = Path(scratch) / "named.onnx"
         onnx.save(model, str(named))
@@ -89,8 +135,9 @@ def qdq_graph(src: Path, dst: Path, feeds: list[dict[str, Any]], flavour: str = 
                 per_channel=True,
                 activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                calibrate_method=CalibrationMethod.Percentile if tensorrt else CalibrationMethod.MinMax,
                 extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True,
+                               "CalibPercentile": CALIBRATION_PERCENTILE,
                                "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES)},
             )
     return Path(dst)

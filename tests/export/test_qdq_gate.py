@@ -53,3 +53,28 @@ def test_qdq_graph_passes_the_int8_gate_in_onnxruntime(gate, graph, tmp_path):
             dq_out = [n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"
                       and n.input[0] == node.output[0]]
             assert all(set(consumers.get(o, [])) <= {*QUANTIZED_OP_TYPES, "Shape"} for o in dq_out)
+
+
+def test_residual_writers_are_the_attention_and_mlp_output_projections(gate):
+    """The structural first fallback: exactly the weight nodes that add into the residual stream."""
+    from crisis_tool.export.qdq import name_nodes, residual_writers, weight_nodes
+
+    fp32, _ = gate
+    model = onnx.load(fp32["text_encoder"])
+    name_nodes(model)
+    writers = residual_writers(model)
+    blocks = {n.split("/")[2] for n in weight_nodes(model) if "resblocks" in n}
+    assert writers and len(writers) == 2 * len(blocks)  # one attention out_proj and one mlp c_proj per block
+    assert all(n.endswith(("attn/out_proj/MatMul", "mlp/c_proj/MatMul")) for n in writers), writers
+
+
+def test_calibration_feeds_become_rows_of_one_shape_with_the_ids_unchanged():
+    import numpy as np
+
+    from crisis_tool.export.qdq import uniform_feeds
+
+    feeds = [{"input_ids": np.array([[1, 5, 2]])}, {"input_ids": np.array([[1, 2], [1, 2]])}]
+    rows = uniform_feeds(feeds)
+    assert [r["input_ids"].tolist() for r in rows] == [[[1, 5, 2]], [[1, 2, 0]], [[1, 2, 0]]]
+    images = uniform_feeds([{"pixel_values": np.ones((3, 2, 2), np.float32)}])
+    assert len(images) == 3 and all(r["pixel_values"].shape == (1, 2, 2) for r in images)
