@@ -176,7 +176,7 @@ def scatter_chart(points: Mapping[str, tuple[float, float]], path: str | Path, t
     finite = {name: (float(x), float(y)) for name, (x, y) in points.items() if math.isfinite(x) and math.isfinite(y)}
     if not finite:
         raise UsageError(f"scatter chart {title!r}: no finite points to draw")
-    xticks = _nice_ticks(*_padded_range([x for x, _ in finite.values()]))
+    xticks = _nice_ticks(*_padded_range([x for x, _ in finite.values()], include_zero=True))  # speed from 0
     yticks = _nice_ticks(*_padded_range([y for _, y in finite.values()]))
     (xlo, xhi), (ylo, yhi) = (xticks[0], xticks[-1]), (yticks[0], yticks[-1])
     canvas = _Canvas(title)
