@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
@@ -121,6 +122,9 @@ def qdq_graph(src: Path, dst: Path, feeds: list[dict[str, Any]], flavour: str = 
     name_nodes(model)
     allowed = set(weight_nodes(model))
     nodes = [n for n in (allowed if nodes is None else nodes) if n in allowed]
+    if not nodes:  # onnxruntime reads an empty list as "quantize every node": nothing to quantize is a copy
+        shutil.copyfile(src, dst)
+        return Path(dst)
     tensorrt = flavour == "tensorrt"
     reader = type("Reader", (_FeedReader, CalibrationDataReader), {})(uniform_feeds(feeds) if tensorrt else feeds)
     with tempfile.TemporaryDirectory(dir=Path(dst).parent) as scratch:

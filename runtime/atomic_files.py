@@ -126,6 +126,8 @@ def atomic_output(
         os.replace(tmp, target)
     except OSError as exc:
         abandon(False)
+        if exc.filename is not None and Path(exc.filename) != tmp:
+            raise  # another file failed inside the block (e.g. an input): not a write error of this output
         raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
         abandon(True)

@@ -45,6 +45,8 @@ def open_regular(path: str | Path) -> BinaryIO:
         raise UnsafeFileError(path, "no such file") from None
     except OSError as exc:
         raise UnsafeFileError(path, f"cannot open ({exc.strerror or exc})") from None
+    except ValueError:  # e.g. an embedded NUL byte: no file can have that name
+        raise UnsafeFileError(path, "not a valid file name") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):

@@ -17,7 +17,7 @@ from typing import Any
 
 from crisis_tool.runtime.atomic_files import atomic_write_text
 from crisis_tool.runtime.errors import BundleError
-from crisis_tool.runtime.file_guard import open_regular, read_capped
+from crisis_tool.runtime.file_guard import open_regular, read_capped, regular_file_size
 from crisis_tool.runtime.graph_table import GRAPHS, PRECISIONS, TensorSpec
 from crisis_tool.runtime.manifest_schema import ManifestReader, resolve_inside, unsafe_relpath
 
@@ -301,7 +301,11 @@ class Manifest:
             stored = read_capped(digest_path, 1024).decode("ascii", errors="replace").strip()
         except Exception as exc:  # noqa: BLE001 - UnsafeFileError and friends: one line
             raise BundleError(f"{root}: missing or unreadable {MANIFEST_DIGEST_NAME} ({exc})") from None
-        if stored != canonical_digest(read_manifest_json(root)):
+        try:
+            actual = canonical_digest(read_manifest_json(root))
+        except ValueError:  # a number JSON reads as inf (1e400) has no canonical form: not what export wrote
+            actual = "not canonical JSON"
+        if stored != actual:
             raise BundleError(f"{root}: {MANIFEST_NAME} was altered (its digest does not match "
                               f"{MANIFEST_DIGEST_NAME})")
         if not self.files:
@@ -313,11 +317,11 @@ class Manifest:
             path = resolve_inside(root, rel)
             if not path.exists():
                 raise BundleError(f"{root}: missing file {rel}")
-            try:
-                size, sha = path.stat().st_size, sha256_file(path)
+            try:  # the size first: a file swapped for a huge one is refused without reading it
+                altered = regular_file_size(path) != meta.size or sha256_file(path) != meta.sha256
             except Exception as exc:  # noqa: BLE001 - a FIFO or device named as a bundle file
                 raise BundleError(f"{root}: file {rel} cannot be read ({exc})") from None
-            if size != meta.size or sha != meta.sha256:
+            if altered:
                 raise BundleError(f"{root}: file {rel} was altered (sha256 does not match the manifest)")
 
 

@@ -133,7 +133,11 @@ class Predictor:
         engine = create_backend(backend, bundle, precision=precision, providers=providers, threads=threads,
                                 **dict(backend_options or {}))
         limit = engine.max_batch  # e.g. a TensorRT engine's fixed profile
-        predictor = cls(bundle, engine, max_batch=min(max_batch, limit) if limit else max_batch, **options)
+        try:
+            predictor = cls(bundle, engine, max_batch=min(max_batch, limit) if limit else max_batch, **options)
+        except BaseException:
+            engine.close()  # a GPU context or session must not outlive a Predictor that failed to build
+            raise
         predictor.cold_start_s = time.perf_counter() - start
         return predictor
 

@@ -20,6 +20,7 @@ Sources (`read_records` dispatches on them):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -90,7 +91,9 @@ class _DuplicateGuard:
 def _resolve_image(value: str | None, base: Path | None) -> str | None:
     if value is None or value == "":
         return None
-    path = Path(value).expanduser()
+    path = Path(value)
+    with contextlib.suppress(RuntimeError):  # "~nosuchuser/x.jpg": kept literally, then missing like any file
+        path = path.expanduser()
     if not path.is_absolute() and base is not None:
         path = base / path
     return str(path)
@@ -126,7 +129,7 @@ def parse_jsonl_line(raw: bytes, line_no: int, source: str, image_base: Path | N
         return None
     try:
         obj = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: hostile nesting
         return RecordError(None, f"{source}: malformed JSON on line {line_no} ({exc})", line_no, source)
     if not isinstance(obj, dict):
         return RecordError(None, f"{source}: line {line_no} is not a JSON object", line_no, source)
@@ -332,6 +335,10 @@ def read_records(source: str | Path, image_root: str | Path | None = None) -> It
         return read_folder(path)
     if not path.is_file():
         raise UsageError(f"input not found: {path}")
+    try:  # readers are lazy: find an unreadable input now, before an output is opened
+        open(path, "rb").close()
+    except OSError as exc:
+        raise UsageError(f"cannot read input {path}: {exc.strerror or exc}") from None
     suffix = path.suffix.lower()
     if suffix == ".tsv":
         if image_root is None:

@@ -42,7 +42,7 @@ def parse_predict_body(body: bytes, max_records: int) -> PredictRequest:
     """Records of a request body; RequestRejected for a body the server refuses as a whole."""
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: hostile nesting
         raise RequestRejected(400, f"malformed JSON: {exc}") from None
     single = isinstance(payload, dict)
     entries = [payload] if single else payload
