@@ -10,12 +10,13 @@ from pathlib import Path
 import typer
 
 from crisis_tool.commands.predict_cmd import DEVICE_HELP, EXIT_SOME_FAILED, _check_bundle_arg, parse_providers
+from crisis_tool.runtime.backends import backend_names
 from crisis_tool.runtime.serve.options import LabelOptions, PredictorOptions, ServeOptions
 
 _PRED, _SERVE, _LABEL = PredictorOptions(), ServeOptions(), LabelOptions()
 
 BUNDLE = typer.Option(..., "--bundle", help="Bundle folder written by `crisis-tool export`.")
-BACKEND = typer.Option(_PRED.backend, "--backend", help="onnxruntime, tensorrt or torch.")
+BACKEND = typer.Option(_PRED.backend, "--backend", help=f"Backend: {', '.join(backend_names())} (the registry).")
 PRECISION = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the bundle's own precision).")
 PROVIDERS = typer.Option(None, "--providers", help="ONNX Runtime providers in order, e.g. 'cpu' or 'cuda,cpu'.")
 THREADS = typer.Option(None, "--threads", min=1, help="Intra-op threads per replica or actor (onnxruntime).")
