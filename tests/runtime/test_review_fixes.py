@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -30,17 +29,18 @@ def test_a_nul_byte_in_a_path_is_an_unsafe_file() -> None:
         read_capped("a\x00b", 10)
 
 
-def test_an_unreadable_input_is_a_usage_error_before_any_output(tmp_path: Path) -> None:
+def test_an_unreadable_input_is_a_usage_error_before_any_output(tmp_path: Path, monkeypatch) -> None:
+    import crisis_tool.runtime.records as records
+
     src = tmp_path / "in.jsonl"
     src.write_text('{"id": "a"}\n', encoding="utf-8")
-    os.chmod(src, 0)
-    try:
-        if os.access(src, os.R_OK):
-            pytest.skip("running as a user that reads any file (root)")
-        with pytest.raises(UsageError, match="cannot read input"):
-            read_records(src)
-    finally:
-        os.chmod(src, 0o644)
+
+    def denied(path, *args, **kwargs):  # chmod 000 does not stop root, so the refusal is simulated
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(records, "open", denied, raising=False)
+    with pytest.raises(UsageError, match="cannot read input .*Permission denied"):
+        read_records(src)
 
 
 def test_an_error_reading_another_file_inside_atomic_output_is_not_called_a_write_error(tmp_path: Path) -> None:
