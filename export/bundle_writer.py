@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from crisis_tool.runtime.atomic_files import atomic_output
-from crisis_tool.runtime.graph_table import GRAPHS
 from crisis_tool.runtime.manifest import (
-    HEAD_WEIGHTS_NAME,
     MODEL_CONFIG_NAME,
     TOKENIZER_DIR,
     GraphEntry,
     Manifest,
     TokenizerEntry,
 )
+from crisis_tool.runtime.model_spec import ModelSpec
 from crisis_tool.runtime.tokenizer import ClipTokenizer
 
 
@@ -52,16 +51,34 @@ def write_tokenizer(root: Path, vocab_path: Path, context_length: int) -> Tokeni
     return TokenizerEntry(rel, int(context_length), int(tok.sot_token_id), int(tok.eot_token_id))
 
 
-def graph_entries(paths: dict[str, Path]) -> dict[str, GraphEntry]:
-    """Manifest entries of one precision's graphs (file names relative to the bundle)."""
-    return {graph: GraphEntry.for_graph(graph, path.name) for graph, path in paths.items()}
+def graph_entries(spec: ModelSpec, paths: dict[str, Path]) -> dict[str, GraphEntry]:
+    """Manifest entries of one precision's graphs, in the spec's order (file names relative to the bundle)."""
+    return {name: GraphEntry.for_graph(graph, paths[name].name) for name, graph in spec.graphs().items()
+            if name in paths}
+
+
+def write_head_weights(root: Path, spec: ModelSpec, heads: dict[str, Any]) -> None:
+    """One safetensors file per head (torch modules), named by the spec."""
+    from safetensors.torch import save_file
+
+    for head in spec.heads:
+        state = {k: v.detach().cpu().contiguous() for k, v in heads[head.task].state_dict().items()}
+        save_file(state, str(root / head.weights))
+
+
+def encoder_origin(run_config: dict[str, Any]) -> dict[str, Any]:
+    """What the bundle says of its encoders: model, weights and whether they are random."""
+    clip = run_config.get("clip", {})
+    pretrained = str(clip.get("pretrained"))
+    return {"model": clip.get("model_name"), "pretrained": pretrained, "random": pretrained == "none"}
 
 
 def write_bundle(
     root: Path,
     *,
     run_config: dict[str, Any],
-    head_weights: Path,
+    spec: ModelSpec,
+    heads: dict[str, Any],
     vocab_path: Path,
     graphs: dict[str, dict[str, Path]],
     precision: str,
@@ -74,30 +91,29 @@ def write_bundle(
 ) -> Manifest:
     """Complete a bundle in `root` whose ONNX graphs are already written. Returns the saved manifest."""
     root = Path(root)
-    shutil.copyfile(head_weights, root / HEAD_WEIGHTS_NAME)
+    write_head_weights(root, spec, heads)
     (root / MODEL_CONFIG_NAME).write_text(json.dumps(run_config, indent=2) + "\n", encoding="utf-8")
     tokenizer = write_tokenizer(root, vocab_path, int(run_config["clip"]["context_length"]))
     size = int(run_config["preprocess"]["size"])
-    head = run_config["head"]
     versions = package_versions()
     manifest = Manifest(
         crisis_tool_version=versions["crisis_tool"],
         created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        task=run_config["task"],
-        labels=tuple(run_config["labels"]),
+        spec=spec,
         text_source=run_config["text_source"],
         preprocess=run_config["preprocess"],
         tokenizer=tokenizer,
-        dims={"H": size, "W": size, "D": int(head["clip_embed_dim"]), "C": int(head["num_classes"])},
+        dims={"H": size, "W": size, "D": int(run_config["clip"]["embed_dim"])},
         precision=precision,
         max_batch=int(max_batch),
         opset=int(opset),
-        graphs={p: graph_entries({g: paths[g] for g in GRAPHS if g in paths}) for p, paths in graphs.items()},
+        graphs={p: graph_entries(spec, paths) for p, paths in graphs.items()},
         parity=parity,
         validated=validated,
         forced=bool(forced),
         versions=versions,
         calibration=calibration,
+        encoders=encoder_origin(run_config),
     )
     return manifest.save(root)
 

@@ -20,35 +20,41 @@ from crisis_tool.export.validate import (
     ParityCase,
     check_graph,
     check_runner,
+    graph_spec,
     reference_cases,
     session_runner,
     validation_batches,
 )
+from crisis_tool.runtime.model_spec import IMAGE_GRAPH, TEXT_GRAPH, ModelSpec
 
 
 class OnnxReference:
     """The bundle's fp32 graphs in onnxruntime, with the Backend methods `reference_cases` calls."""
 
-    def __init__(self, paths: dict[str, Path]) -> None:
+    def __init__(self, spec: ModelSpec, paths: dict[str, Path]) -> None:
+        self.spec = spec
         self._run = {graph: session_runner(path) for graph, path in paths.items()}
 
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self._run["image_encoder"]({"pixel_values": pixel_values})[0]
+        return self._run[IMAGE_GRAPH.name](IMAGE_GRAPH.feeds(pixel_values))[0]
 
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._run["text_encoder"]({"input_ids": input_ids})[0]
+        return self._run[TEXT_GRAPH.name](TEXT_GRAPH.feeds(input_ids))[0]
 
-    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, probs = self._run["head"]({"image_embeds": image_embeds, "text_embeds": text_embeds})[:2]
+    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        graph = (self.spec.head(task) if task else self.spec.heads[0]).graph_spec()
+        logits, probs = self._run[graph.name](graph.feeds(image_embeds, text_embeds))[:2]
         return logits, probs
 
 
-def bundle_gate_cases(fp32_paths: dict[str, Path], spec: CalibrationSpec, *, preprocess: dict[str, Any],
-                      tokenizer: Any, text_source: str, max_batch: int) -> tuple[GateData, list[ParityCase]]:
+def bundle_gate_cases(model: ModelSpec, fp32_paths: dict[str, Path], spec: CalibrationSpec, *,
+                      preprocess: dict[str, Any], tokenizer: Any, text_source: str, max_batch: int
+                      ) -> tuple[GateData, list[ParityCase]]:
     """Gate inputs for a bundle's engines and the fp32 ONNX reference outputs on them."""
     data = gate_data_for(spec, preprocess=preprocess, tokenizer=tokenizer, text_source=text_source,
                          max_batch=max_batch, batches=validation_batches(max_batch))
-    return data, reference_cases(OnnxReference(fp32_paths), data.batches)
+    return data, reference_cases(OnnxReference(model, fp32_paths), data.batches, model)
 
 
 def gated_qdq_graph(graph: str, src: Path, dst: Path, cases: list[ParityCase]
@@ -111,7 +117,8 @@ def _alone(graph: str, src: Path, dst: Path, feeds: list[dict[str, np.ndarray]],
     probe = dst.with_name(f"{dst.stem}.probe.onnx")
     entry = _gate(graph, qdq_graph(src, probe, feeds, flavour="tensorrt", nodes=[node]), cases[:2])
     probe.unlink(missing_ok=True)
-    return 1.0 - float(entry.get("top1_agreement", entry["min_cosine"]) if graph == "head" else entry["min_cosine"])
+    head = graph_spec(graph).is_head
+    return 1.0 - float(entry.get("top1_agreement", entry["min_cosine"]) if head else entry["min_cosine"])
 
 
 def _short(entry: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +159,7 @@ def engine_gate_cases(bundle: Path, manifest: Any, spec: CalibrationSpec | None,
     tok = manifest.tokenizer
     tokenizer = ClipTokenizer(bundle / tok.vocab_file, context_length=tok.context_length)
     fp32 = {graph: bundle / entry.file for graph, entry in manifest.graphs["fp32"].items()}
-    return bundle_gate_cases(fp32, spec or CalibrationSpec(), preprocess=dict(manifest.preprocess),
+    return bundle_gate_cases(manifest.spec, fp32, spec or CalibrationSpec(), preprocess=dict(manifest.preprocess),
                              tokenizer=tokenizer, text_source=manifest.text_source, max_batch=max_batch)
 
 
@@ -184,7 +191,7 @@ def drop_failed_engines(bundle: Path, files: dict[str, list[str]], parity: dict[
 
 def failed_engines_message(bundle: Path, precision: str, parity: dict[str, dict[str, Any]], failed: list[str]
                            ) -> str:
-    from crisis_tool.export.validate import failures
+    from crisis_tool.export.gate_report import failures
 
     detail = ", ".join(failures({f"trt-{precision}": {g: parity[g] for g in failed}}))
     return (f"TensorRT engine parity failed ({detail}); those engines were not written; every engine's parity "

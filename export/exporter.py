@@ -9,13 +9,13 @@ from typing import Any
 
 from crisis_tool.export.calibration import gate_data_for, spec_from_options
 from crisis_tool.export.formats import DEFAULT_MAX_BATCH, ExportOptions, ExportResult, check_request
+from crisis_tool.export.gate_report import failures
 from crisis_tool.export.graphs import build_graph_module
 from crisis_tool.export.onnx_export import export_graph
 from crisis_tool.export.precision import build_variant
-from crisis_tool.export.validate import failures, reference_cases, validate_graphs, validation_batches
+from crisis_tool.export.validate import reference_cases, validate_graphs, validation_batches
 from crisis_tool.runtime.atomic_files import check_writable_dir
 from crisis_tool.runtime.errors import CrisisToolError, UsageError
-from crisis_tool.runtime.graph_table import GRAPHS
 
 
 def check_options(opts: ExportOptions) -> tuple[Path, Path]:
@@ -34,7 +34,7 @@ def export_bundle(opts: ExportOptions, progress: Any = None) -> ExportResult:
     from crisis_tool.clip_loader import load_recorded_clip
     from crisis_tool.export.bundle_writer import write_bundle, write_tar
     from crisis_tool.models.heads import BATCH_COUPLED_HEADS
-    from crisis_tool.run_dir import WEIGHTS_NAME, load_run
+    from crisis_tool.run_dir import load_run
     from crisis_tool.runtime.tokenizer import ClipTokenizer
     from crisis_tool.torch_reference import TorchBackend
 
@@ -44,38 +44,37 @@ def export_bundle(opts: ExportOptions, progress: Any = None) -> ExportResult:
     precision = opts.precision or "fp32"
     max_batch = opts.max_batch or DEFAULT_MAX_BATCH
     run = load_run(model)
-    head_cfg = run.head_config
-    if head_cfg.head in BATCH_COUPLED_HEADS:
-        raise UsageError(
-            f"{opts.model}: head {head_cfg.head!r} couples the samples of a batch and cannot be exported; "
-            "train a 'guided' or 'guided-diff' head"
-        )
+    for task, head_cfg in run.head_configs().items():
+        if head_cfg.head in BATCH_COUPLED_HEADS:
+            raise UsageError(
+                f"{opts.model}: the {task} head {head_cfg.head!r} couples the samples of a batch and cannot be "
+                "exported; train a 'guided' or 'guided-diff' head"
+            )
+    spec = run.model_spec()
     clip = load_recorded_clip(run.config["clip"], model)
     tok = ClipTokenizer(clip.vocab_path, context_length=clip.context_length)
     size = int(run.config["preprocess"]["size"])
-    dims = {"H": size, "W": size, "L": clip.context_length, "D": clip.embed_dim, "C": head_cfg.num_classes,
-            "eot": int(tok.eot_token_id)}
+    dims = {"H": size, "W": size, "L": clip.context_length, "D": clip.embed_dim, "eot": int(tok.eot_token_id)}
     out = out.resolve()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         _step(progress, "exporting fp32 graphs")
         fp32_paths = {}
-        for component in GRAPHS:
-            module = build_graph_module(component, clip.model, run.head, tok.eot_token_id)
-            path = tmp / f"{component}.onnx"
-            fp32_paths[component] = export_graph(module, GRAPHS[component], path, dims, opts.opset)
+        for name, graph in spec.graphs().items():
+            module = build_graph_module(graph, clip.model, run.heads, tok.eot_token_id)
+            fp32_paths[name] = export_graph(module, graph, tmp / f"{name}.onnx", graph.dims(dims), opts.opset)
         _step(progress, "validating fp32 graphs")
-        reference = TorchBackend(clip.model, run.head, clip.context_length)
+        reference = TorchBackend(clip.model, run.heads, clip.context_length, spec=spec)
         gate_data = gate_data_for(calibration, preprocess=run.config["preprocess"], tokenizer=tok,
                                   text_source=run.config["text_source"], max_batch=max_batch,
                                   batches=validation_batches(max_batch))
-        cases = reference_cases(reference, gate_data.batches)
-        parity = {"fp32": validate_graphs(fp32_paths, cases, "fp32")}
+        cases = reference_cases(reference, gate_data.batches, spec)
+        parity = {"fp32": validate_graphs(spec, fp32_paths, cases, "fp32")}
         validated: dict[str, Any] = {"fp32": not failures(parity)}
         graphs = {"fp32": dict(fp32_paths)}
         if precision != "fp32":
             _step(progress, f"building and validating {precision} graphs")
-            paths, report, ok = build_variant(precision, tmp, fp32_paths, cases, not gate_data.generated)
+            paths, report, ok = build_variant(spec, precision, tmp, fp32_paths, cases, not gate_data.generated)
             graphs[precision] = paths
             parity[precision] = report
             validated[precision] = ok
@@ -84,10 +83,11 @@ def export_bundle(opts: ExportOptions, progress: Any = None) -> ExportResult:
                 entry["calibration"] = gate_data.source
         failed = failures(parity)
         if failed and not opts.force:
-            raise CrisisToolError(f"parity gate failed ({', '.join(failed)}); nothing written to {out} "
-                                  "(pass --force to write the bundle anyway, marked forced)")
+            lines = "\n".join(f"  {line}" for line in failed)
+            raise CrisisToolError(f"parity gate failed; nothing written to {out} (pass --force to write the bundle "
+                                  f"anyway, marked forced):\n{lines}")
         _step(progress, "writing bundle")
-        manifest = write_bundle(tmp, run_config=run.config, head_weights=run.path / WEIGHTS_NAME,
+        manifest = write_bundle(tmp, run_config=run.config, spec=spec, heads=run.heads,
                                 vocab_path=clip.vocab_path, graphs=graphs, precision=precision, parity=parity,
                                 validated=validated, forced=bool(failed), max_batch=max_batch, opset=opts.opset,
                                 calibration=gate_data.describe())

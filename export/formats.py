@@ -14,7 +14,7 @@ from typing import Any
 
 from crisis_tool.export.calibration import DEFAULT_GATE_RECORDS
 from crisis_tool.runtime.errors import UsageError
-from crisis_tool.runtime.graph_table import PRECISIONS
+from crisis_tool.runtime.model_spec import PRECISIONS
 
 DEFAULT_MAX_BATCH = 64
 DEFAULT_OPSET = 17

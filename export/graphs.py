@@ -1,4 +1,4 @@
-"""The torch modules behind each graph of `crisis_tool.runtime.graph_table.GRAPHS` (export time only).
+"""The torch modules behind each graph of a model spec (`crisis_tool.runtime.model_spec`; export time only).
 
 OpenCLIP's towers are wrapped so that the TorchScript exporter keeps B and L dynamic: attention is written with
 plain ops, the text tower slices its positional embedding and causal mask to L and finds the EOT explicitly.
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crisis_tool.runtime.graph_table import HEAD, IMAGE_ENCODER, TEXT_ENCODER
+from crisis_tool.runtime.model_spec import GraphSpec
 
 
 class ExportableAttention(nn.Module):
@@ -115,12 +115,14 @@ class HeadGraph(nn.Module):
 
 
 FACTORIES: dict[str, Callable[..., nn.Module]] = {
-    IMAGE_ENCODER: lambda clip_model, **_: ImageEncoderGraph(clip_model),
-    TEXT_ENCODER: lambda clip_model, eot_token_id, **_: TextEncoderGraph(clip_model, eot_token_id),
-    HEAD: lambda head, **_: HeadGraph(head),
+    "image": lambda clip_model, **_: ImageEncoderGraph(clip_model),
+    "text": lambda clip_model, eot_token_id, **_: TextEncoderGraph(clip_model, eot_token_id),
+    "head": lambda head, **_: HeadGraph(head),
 }
 
 
-def build_graph_module(name: str, clip_model: nn.Module, head: nn.Module, eot_token_id: int) -> nn.Module:
-    """The eval-mode torch module of graph `name`."""
-    return FACTORIES[name](clip_model=clip_model, head=head, eot_token_id=eot_token_id).eval()
+def build_graph_module(spec: GraphSpec, clip_model: nn.Module, heads: dict[str, nn.Module], eot_token_id: int
+                       ) -> nn.Module:
+    """The eval-mode torch module of one graph of the spec (a head graph wraps its task's head)."""
+    head = heads.get(spec.task) if spec.task else None
+    return FACTORIES[spec.role](clip_model=clip_model, head=head, eot_token_id=eot_token_id).eval()

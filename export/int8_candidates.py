@@ -1,11 +1,23 @@
 """int8 per graph: every candidate quantization is gated, the passing ones are timed, the fastest is kept.
 
-Candidates: dynamic quantization with QInt8 or QUInt8 weights, per-tensor or per-channel, plus static Q/DQ
-(uint8 activations, int8 per-channel weights) when real calibration records are given. Which is fastest depends
-on the CPU (onnxruntime's U8S8 kernels use VNNI where it exists; U8U8 does not), so it is measured here: each
-passing candidate runs a few interleaved repetitions on one gate batch in onnxruntime on the CPU, the best
-time counts. The manifest records every candidate's gate numbers and time, and the fp32 graph's time beside them.
-A graph with no passing candidate stays fp32 (recorded with the best candidate's numbers).
+Candidates are static Q/DQ only: activation scales are calibrated once, at export, so a record's answer never
+depends on the records that share its batch. onnxruntime's dynamic quantization picks one activation scale per
+tensor per batch: it moved a post's probability by up to 0.017 between batch 1 and a batch of 32, so it is no
+longer a candidate (its names stay in `DYNAMIC_CANDIDATES`, for reading older manifests).
+
+* `static-U8S8-per-channel`: every weight node (MatMul / Gemm / Conv with an initializer weight) quantized,
+  uint8 activations (min/max calibrated) with int8 per-channel weights: onnxruntime's U8S8 kernels
+  (VNNI / AMX where the CPU has them), and what OpenVINO fuses into int8 MatMuls.
+* `static-U8S8-per-channel-float-residual`: the same with the residual-stream writers (attention output and MLP
+  down projections, the widest activations) left in float. Tried only when the first fails its gate: the gate
+  chooses which outlier layers stay float.
+
+Calibration: the given records (`--calib-data`) or, without them, the gate's own (generated) batches, which the
+export already says loudly. Every candidate that passes its parity gate must also pass the batch-invariance
+check (`crisis_tool.runtime.batch_invariance`: each record alone vs inside one mixed batch of up to 32), then
+each passing candidate runs a few interleaved repetitions on one gate batch in onnxruntime on the CPU; the best
+time counts. The manifest records every candidate's gate numbers, invariance and time, and the fp32 graph's
+time beside them. A graph with no passing candidate stays fp32 (recorded with the best candidate's numbers).
 """
 
 from __future__ import annotations
@@ -17,26 +29,38 @@ from typing import Any
 import numpy as np
 
 from crisis_tool.export.validate import ParityCase, RuntimeCannotRun, check_graph, open_session
+from crisis_tool.runtime.batch_invariance import check_batch_invariance, gate_entry
 
-DYNAMIC_CANDIDATES = ("QInt8-per-channel", "QInt8", "QUInt8-per-channel", "QUInt8")
+DYNAMIC_CANDIDATES = ("QInt8-per-channel", "QInt8", "QUInt8-per-channel", "QUInt8")  # batch-coupled: never made
 STATIC_CANDIDATE = "static-U8S8-per-channel"
+FLOAT_RESIDUAL_CANDIDATE = "static-U8S8-per-channel-float-residual"
+STATIC_CANDIDATES = (STATIC_CANDIDATE, FLOAT_RESIDUAL_CANDIDATE)
 TIMING_ROUNDS = 3  # timed rounds after one warm-up round; each round runs every candidate once
 TIMING_BATCH = 8
+INVARIANCE_BATCH = 32
 GATE_KEYS = ("min_cosine", "max_abs", "top1_agreement", "top1_interval", "n", "passed")
 
 
-def candidate_names(static: bool) -> tuple[str, ...]:
-    return (*DYNAMIC_CANDIDATES, STATIC_CANDIDATE) if static else DYNAMIC_CANDIDATES
+def candidate_names(static: bool = True) -> tuple[str, ...]:
+    """The candidates tried in order (`static` is kept for callers of the older signature; always static)."""
+    return STATIC_CANDIDATES
 
 
 def make_candidate(name: str, src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]) -> Path:
-    """Write candidate `name` of graph `src` to `dst`."""
-    from crisis_tool.export.precision import quantize_int8
-    from crisis_tool.export.qdq import qdq_graph
+    """Write candidate `name` of graph `src` to `dst`, calibrated on `calibration` feeds."""
+    import onnx
+
+    from crisis_tool.export.qdq import name_nodes, qdq_graph, residual_writers, weight_nodes
 
     if name == STATIC_CANDIDATE:
         return qdq_graph(src, dst, calibration, flavour="cpu")
-    return quantize_int8(src, dst, name)
+    if name == FLOAT_RESIDUAL_CANDIDATE:
+        model = onnx.load(str(src))
+        name_nodes(model)
+        kept_float = set(residual_writers(model))
+        nodes = [n for n in weight_nodes(model) if n not in kept_float]
+        return qdq_graph(src, dst, calibration, flavour="cpu", nodes=nodes)
+    raise ValueError(f"unknown int8 candidate {name!r} (dynamic quantization couples records and is not offered)")
 
 
 def timing_feeds(component: str, cases: list[ParityCase]) -> dict[str, np.ndarray]:
@@ -67,26 +91,74 @@ def time_graphs(paths: dict[str, Path], feeds: dict[str, np.ndarray], rounds: in
     return best
 
 
+def invariance_feeds(component: str, cases: list[ParityCase], n: int = INVARIANCE_BATCH) -> dict[str, np.ndarray]:
+    """Up to `n` gate records of `component` as one batch, the last quarter exact duplicates of the first ones
+    (text ids zero-padded to the widest; `_trimmed` cuts each call's ids to its own longest, as the runtime)."""
+    if component == "image_encoder":
+        arrays = {"pixel_values": np.concatenate([c.pixel_values for c in cases])}
+    elif component == "text_encoder":
+        width = max(c.input_ids.shape[1] for c in cases)
+        arrays = {"input_ids": np.concatenate([np.pad(c.input_ids, ((0, 0), (0, width - c.input_ids.shape[1])))
+                                               for c in cases])}
+    else:
+        arrays = {"image_embeds": np.concatenate([c.image_embeds for c in cases]),
+                  "text_embeds": np.concatenate([c.text_embeds for c in cases])}
+    unique = max(1, min(len(next(iter(arrays.values()))), n - n // 4))
+    return {k: np.concatenate([v[:unique], v[: min(n - unique, unique)]]) for k, v in arrays.items()}
+
+
+def _trimmed(session: Any) -> Any:
+    """feeds -> first output, with integer id inputs cut to the batch's longest sequence (as the runtime does)."""
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        fed = {}
+        for name, array in feeds.items():
+            if array.dtype.kind in "iu" and array.ndim == 2:
+                nonzero = (array != 0).any(axis=0)
+                width = max(2, int(np.nonzero(nonzero)[0].max()) + 1 if nonzero.any() else 2)
+                array = np.ascontiguousarray(array[:, :width])
+            fed[name] = array
+        return session.run(None, fed)[0]
+
+    return run
+
+
+def invariance_of(component: str, path: Path, cases: list[ParityCase]) -> dict[str, Any]:
+    """`gate_entry` numbers of graph `path`: each gate record alone vs inside one batch (int8 bound)."""
+    report = check_batch_invariance(_trimmed(open_session(path)), invariance_feeds(component, cases),
+                                    precision="int8", name=component)
+    return gate_entry(report)
+
+
 def pick_int8(component: str, src: Path, dst: Path, cases: list[ParityCase],
               calibration: list[dict[str, np.ndarray]] | None) -> dict[str, Any]:
-    """Gate every candidate, time the passing ones with the fp32 graph, keep the fastest at `dst`.
+    """Gate every candidate (parity, then batch invariance), time the passing ones with the fp32 graph, keep the
+    fastest at `dst`. `calibration` None: calibrate on the gate cases themselves.
 
     Returns the kept graph's gate entry with `chosen` (a candidate name or "fp32"), `weight_type` (the same),
-    `why`, `candidates` ({name: gate numbers, seconds}) and `fp32_seconds`.
+    `why`, `candidates` ({name: gate numbers, invariance, seconds}) and `fp32_seconds`.
     """
+    from crisis_tool.export.calibration import calibration_feeds
+
+    feeds_for_calibration = calibration or calibration_feeds(component, cases)
     tried: dict[str, dict[str, Any]] = {}
     passing: dict[str, Path] = {}
     entries: dict[str, dict[str, Any]] = {}
-    for name in candidate_names(static=bool(calibration)):
+    for name in candidate_names():
+        if passing:
+            break  # a later candidate keeps more layers float: slower; only tried when the earlier ones fail
         path = dst.with_name(f"{dst.stem}.{name}.onnx")
         try:
-            make_candidate(name, src, path, calibration or [])
+            make_candidate(name, src, path, feeds_for_calibration)
             entry = check_graph(component, path, cases, "int8")
+            if entry["passed"]:
+                entry = {**entry, **invariance_of(component, path, cases)}
+                entry["passed"] = entry["batch_invariant"]
         except RuntimeCannotRun as exc:
             tried[name] = {"passed": False, "error": str(exc)}
             path.unlink(missing_ok=True)
             continue
-        tried[name] = {k: entry[k] for k in GATE_KEYS if k in entry}
+        tried[name] = {k: entry[k] for k in (*GATE_KEYS, "batch_invariance_max_diff", "batch_invariant")
+                       if k in entry}
         if entry["passed"]:
             passing[name], entries[name] = path, entry
         else:

@@ -13,7 +13,7 @@ from torch import nn
 
 from crisis_tool.export.formats import DEFAULT_OPSET
 from crisis_tool.runtime.errors import CrisisToolError
-from crisis_tool.runtime.graph_table import GraphSpec
+from crisis_tool.runtime.model_spec import GraphSpec
 
 
 def example_inputs(spec: GraphSpec, dims: dict[str, int]) -> tuple[torch.Tensor, ...]:

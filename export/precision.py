@@ -16,6 +16,8 @@ from unittest import mock
 
 import onnx
 
+from crisis_tool.runtime.model_spec import ModelSpec
+
 # Ops kept in fp32 in fp16 graphs: normalisation, softmax and the reductions / powers they are built from.
 FP16_OP_BLOCK_LIST = (
     "LayerNormalization",
@@ -108,9 +110,10 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     return Path(dst)
 
 
-def build_variant(precision: str, tmp: Path, fp32_paths: dict[str, Path], cases: list[Any], calibrated: bool
-                  ) -> tuple[dict[str, Path], dict[str, Any], bool | str]:
-    """The int8 or fp16 graphs, each gated on its own, then end to end with the fp32 fallback.
+def build_variant(spec: ModelSpec, precision: str, tmp: Path, fp32_paths: dict[str, Path], cases: list[Any],
+                  calibrated: bool) -> tuple[dict[str, Path], dict[str, Any], bool | str]:
+    """The int8 or fp16 graphs of every graph of `spec`, each gated on its own, then end to end (per head)
+    with the fp32 fallback.
 
     Returns (paths kept per graph, parity report, validated). A graph that fails its own gate, or is dropped by
     the end-to-end fallback, stays fp32 (its path is the fp32 file; `chosen` and `why` say so).
@@ -118,8 +121,9 @@ def build_variant(precision: str, tmp: Path, fp32_paths: dict[str, Path], cases:
     """
     from crisis_tool.export.calibration import calibration_feeds
     from crisis_tool.export.fallback import choose_combination
+    from crisis_tool.export.gate_report import failures
     from crisis_tool.export.int8_candidates import pick_int8
-    from crisis_tool.export.validate import RuntimeCannotRun, check_graph, failures
+    from crisis_tool.export.validate import RuntimeCannotRun, check_graph
 
     paths = {c: tmp / f"{c}.{precision}.onnx" for c in fp32_paths}
     report: dict[str, Any] = {}
@@ -138,7 +142,8 @@ def build_variant(precision: str, tmp: Path, fp32_paths: dict[str, Path], cases:
         if entry["chosen"] == "fp32":
             paths[component].unlink(missing_ok=True)
             paths[component] = fp32_paths[component]
-    kept, report["end_to_end"] = choose_combination(precision, paths, fp32_paths, report, cases)
+    kept, end_to_end = choose_combination(spec, precision, paths, fp32_paths, report, cases)
+    report.update(end_to_end)
     for component, path in kept.items():
         if path == fp32_paths[component] and paths[component] != path:
             paths[component].unlink(missing_ok=True)  # dropped by the fallback: share the fp32 file

@@ -19,8 +19,8 @@ from typing import Any
 from crisis_tool.runtime.atomic_files import atomic_write_bytes, atomic_write_text
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import CrisisToolError, MissingDependencyError
-from crisis_tool.runtime.graph_table import GRAPHS, GraphSpec
 from crisis_tool.runtime.manifest import EngineEntry, engine_file_name, engine_sidecar_name
+from crisis_tool.runtime.model_spec import GraphSpec
 
 OPT_BATCH = 8
 WORKSPACE_BYTES = 4 << 30
@@ -160,11 +160,11 @@ def build_bundle_engines(bundle: Path, precision: str | None = None, max_batch: 
     entries: dict[str, EngineEntry] = {}
     parity: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(dir=bundle) as scratch:
-        for graph, spec in GRAPHS.items():
+        for graph, spec in manifest.spec.graphs().items():
             source, built_as, report = gate.engine_source(graph, bundle / fp32[graph].file, Path(scratch),
                                                           precision, cases, data.source)
             rel = engine_file_name(graph, precision)
-            info = build_engine(trt, source, spec, dims, built_as, max_batch, bundle / rel, timing_cache)
+            info = build_engine(trt, source, spec, spec.dims(dims), built_as, max_batch, bundle / rel, timing_cache)
             parity[graph] = {**gate.engine_parity(trt, cudart, graph, bundle / rel, cases, precision, max_batch),
                              **report}
             entry = EngineEntry(file=rel, trt_version=str(trt.__version__), gpu_name=gpu_name,

@@ -10,7 +10,6 @@ odd batch and the (capped) max batch. Every report records `n` (samples compared
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,23 @@ from typing import Any
 import numpy as np
 
 from crisis_tool.runtime.errors import CrisisToolError
-from crisis_tool.runtime.graph_table import END_TO_END, GRAPHS, Tolerance
+from crisis_tool.runtime.model_spec import (
+    END_TO_END,
+    HEAD_GATE,
+    IMAGE_GRAPH,
+    LOGITS,
+    PROBS,
+    TEXT_GRAPH,
+    GraphSpec,
+    HeadSpec,
+    ModelSpec,
+)
+from crisis_tool.runtime.parity import compare, judge, max_abs, min_cosine, top1_numbers, wilson_interval
+
+__all__ = ["ParityCase", "RuntimeCannotRun", "check_end_to_end", "check_graph", "check_runner", "compare",
+           "end_to_end_key", "generate_ids", "generated_inputs", "graph_spec", "judge", "make_cases",
+           "min_cosine", "open_session", "reference_cases", "session_runner", "top1_numbers", "validate_graphs",
+           "validation_batches", "wilson_interval"]
 
 VALIDATION_BATCH_CAP = 64  # --max-batch above this is validated at 64 (recorded in the manifest)
 
@@ -34,20 +49,74 @@ def validation_batches(max_batch: int, cap: int = VALIDATION_BATCH_CAP) -> list[
     return sorted({1, min(3, top), top})
 
 
+def graph_spec(graph: GraphSpec | str) -> GraphSpec:
+    """A GraphSpec, or the spec of a graph named by string (an encoder, else a head: every head has one I/O)."""
+    if isinstance(graph, GraphSpec):
+        return graph
+    if graph in (IMAGE_GRAPH.name, TEXT_GRAPH.name):
+        return IMAGE_GRAPH if graph == IMAGE_GRAPH.name else TEXT_GRAPH
+    return GraphSpec(graph, "head", (IMAGE_GRAPH.outputs[0], TEXT_GRAPH.outputs[0]), (LOGITS, PROBS),
+                     dict(HEAD_GATE))
+
+
 @dataclass
 class ParityCase:
-    """One batch of generated inputs with the reference outputs."""
+    """One batch of inputs with the reference outputs of every graph, by tensor name.
 
-    pixel_values: np.ndarray
-    input_ids: np.ndarray
-    image_embeds: np.ndarray
-    text_embeds: np.ndarray
-    logits: np.ndarray
-    probs: np.ndarray
+    `inputs` holds the model inputs (pixel_values, input_ids); `outputs[graph]` each graph's reference outputs.
+    A graph's feeds are looked up by its declared input names, so a head is fed the reference embeddings.
+    """
+
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, dict[str, np.ndarray]]
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Every named tensor of the case: the inputs and the encoders' reference outputs."""
+        out = dict(self.inputs)
+        for graph in (IMAGE_GRAPH, TEXT_GRAPH):
+            out.update(self.outputs.get(graph.name, {}))
+        return out
+
+    def feeds(self, spec: GraphSpec | str) -> dict[str, np.ndarray]:
+        tensors = self.tensors()
+        return {name: tensors[name] for name in graph_spec(spec).input_names}
+
+    def expected(self, spec: GraphSpec | str) -> dict[str, np.ndarray]:
+        return self.outputs[graph_spec(spec).name]
+
+    def _head(self) -> dict[str, np.ndarray]:
+        heads = [o for g, o in self.outputs.items() if g not in (IMAGE_GRAPH.name, TEXT_GRAPH.name)]
+        return heads[0]
 
     @property
     def batch(self) -> int:
-        return int(self.pixel_values.shape[0])
+        return int(next(iter(self.inputs.values())).shape[0])
+
+    # Named views (calibration feeds and int8 timing read them).
+    @property
+    def pixel_values(self) -> np.ndarray:
+        return self.inputs["pixel_values"]
+
+    @property
+    def input_ids(self) -> np.ndarray:
+        return self.inputs["input_ids"]
+
+    @property
+    def image_embeds(self) -> np.ndarray:
+        return self.outputs[IMAGE_GRAPH.name]["image_embeds"]
+
+    @property
+    def text_embeds(self) -> np.ndarray:
+        return self.outputs[TEXT_GRAPH.name]["text_embeds"]
+
+    @property
+    def logits(self) -> np.ndarray:
+        """The first head's reference logits."""
+        return self._head()["logits"]
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self._head()["probs"]
 
 
 def generate_ids(
@@ -75,35 +144,31 @@ def generated_inputs(batches: list[int], image_size: int, sot: int, eot: int, co
     return out
 
 
-def reference_cases(reference: Any, inputs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[ParityCase]:
-    """The reference (a Backend-like object) run on each (pixel_values, input_ids) batch."""
-    run_head = getattr(reference, "run_head", None) or reference.decode
+def reference_cases(reference: Any, inputs: Sequence[tuple[np.ndarray, np.ndarray]],
+                    spec: ModelSpec | None = None) -> list[ParityCase]:
+    """The reference (a Backend-like object) run on each (pixel_values, input_ids) batch, every head of `spec`.
+
+    Without `spec`, the reference's own (`reference.spec`) or, failing that, its one head under "head".
+    """
+    spec = spec or getattr(reference, "spec", None)
+    heads: list[tuple[str, str | None]] = [(h.graph, h.task) for h in spec.heads] if spec else [("head", None)]
     cases = []
     for pixels, ids in inputs:
         image_embeds = np.asarray(reference.encode_image(pixels), dtype=np.float32)
         text_embeds = np.asarray(reference.encode_text(ids), dtype=np.float32)
-        logits, probs = run_head(image_embeds, text_embeds)
-        cases.append(ParityCase(pixels, ids, image_embeds, text_embeds, np.asarray(logits), np.asarray(probs)))
+        outputs = {IMAGE_GRAPH.name: {"image_embeds": image_embeds}, TEXT_GRAPH.name: {"text_embeds": text_embeds}}
+        for graph, task in heads:
+            logits, probs = (reference.run_head(image_embeds, text_embeds, task) if task
+                             else reference.run_head(image_embeds, text_embeds))
+            outputs[graph] = {"logits": np.asarray(logits), "probs": np.asarray(probs)}
+        cases.append(ParityCase({"pixel_values": pixels, "input_ids": ids}, outputs))
     return cases
 
 
 def make_cases(reference: Any, batches: list[int], image_size: int, sot: int, eot: int,
-               context_length: int = 77, seed: int = 0) -> list[ParityCase]:
+               context_length: int = 77, seed: int = 0, spec: ModelSpec | None = None) -> list[ParityCase]:
     """Generated inputs for each batch size and the reference outputs on them."""
-    return reference_cases(reference, generated_inputs(batches, image_size, sot, eot, context_length, seed))
-
-
-def wilson_interval(agree: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion agree/n (sound at 0/n and n/n, unlike the normal one)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = agree / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo = 0.0 if agree == 0 else max(0.0, centre - half)
-    hi = 1.0 if agree == n else min(1.0, centre + half)
-    return lo, hi
+    return reference_cases(reference, generated_inputs(batches, image_size, sot, eot, context_length, seed), spec)
 
 
 def open_session(path: Path) -> Any:
@@ -130,49 +195,6 @@ def _run(session: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         raise RuntimeCannotRun(f"onnxruntime cannot run the graph: {_first_line(exc)}") from exc
 
 
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    denom = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
-    return float(np.min(np.sum(a64 * b64, axis=1) / np.maximum(denom, 1e-30)))
-
-
-def judge(numbers: dict[str, Any], tol: Tolerance) -> dict[str, Any]:
-    """`numbers` rounded, with the gate's limits and `passed` (top-1 is gated on its point value)."""
-    passed = True
-    if tol.max_abs is not None:
-        passed &= numbers["max_abs"] <= tol.max_abs
-    if tol.min_cosine is not None:
-        passed &= numbers["min_cosine"] >= tol.min_cosine
-    if tol.min_top1 is not None:
-        passed &= numbers["top1_agreement"] >= tol.min_top1
-    limits = {k: v for k, v in vars(tol).items() if v is not None}
-    return {k: _round(v) for k, v in numbers.items()} | {"limits": limits, "passed": bool(passed)}
-
-
-def _round(value: Any) -> Any:
-    if isinstance(value, float):
-        return float(f"{value:.6g}")
-    if isinstance(value, tuple):
-        return [_round(v) for v in value]
-    return value
-
-
-def top1_numbers(got: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
-    """Top-1 agreement of two logit arrays with its 95% Wilson interval."""
-    agree, n = int(np.sum(got.argmax(1) == ref.argmax(1))), int(got.shape[0])
-    return {"top1_agreement": agree / n if n else 0.0, "top1_interval": wilson_interval(agree, n)}
-
-
-def compare(outs: list[np.ndarray], refs: list[np.ndarray], logits: bool) -> dict[str, Any]:
-    """max abs, min cosine and n (plus top-1 with its interval for logits) of outputs against references."""
-    got, ref = np.concatenate(outs), np.concatenate(refs)
-    numbers: dict[str, Any] = {"max_abs": float(np.max(np.abs(got - ref))), "min_cosine": min_cosine(got, ref),
-                               "n": int(got.shape[0])}
-    if logits:
-        numbers |= top1_numbers(got, ref)
-    return numbers
-
-
 GraphRunner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
@@ -182,98 +204,69 @@ def session_runner(path: Path) -> GraphRunner:
     return lambda feeds: _run(session, feeds)
 
 
-def check_runner(component: str, run: GraphRunner, cases: list[ParityCase], precision: str) -> dict[str, Any]:
-    """Parity numbers of one graph (any runner: onnxruntime, a TensorRT engine) with its gate."""
-    outs, refs, probs_diff = [], [], 0.0
+def check_runner(graph: GraphSpec | str, run: GraphRunner, cases: list[ParityCase], precision: str
+                 ) -> dict[str, Any]:
+    """Parity numbers of one graph (any runner: onnxruntime, a TensorRT engine) with its gate.
+
+    Feeds and references come from the spec's declared input and output names; the first output is gated
+    (cosine for embeddings, logits with top-1 for a head), and every further output's max |diff| is reported.
+    """
+    spec = graph_spec(graph)
+    main, *others = spec.output_names
+    outs, refs, other_diff = [], [], dict.fromkeys(others, 0.0)
     for case in cases:
-        if component == "image_encoder":
-            outs.append(run({"pixel_values": case.pixel_values})[0])
-            refs.append(case.image_embeds)
-        elif component == "text_encoder":
-            outs.append(run({"input_ids": case.input_ids})[0])
-            refs.append(case.text_embeds)
-        else:
-            logits, probs = run({"image_embeds": case.image_embeds, "text_embeds": case.text_embeds})[:2]
-            outs.append(logits)
-            refs.append(case.logits)
-            probs_diff = max(probs_diff, float(np.max(np.abs(probs - case.probs))))
-    numbers = compare(outs, refs, logits=component == "head")
-    if component == "head":
-        numbers["max_abs_probs"] = probs_diff
+        got = dict(zip(spec.output_names, run(case.feeds(spec)), strict=False))
+        want = case.expected(spec)
+        outs.append(got[main])
+        refs.append(want[main])
+        for name in others:
+            other_diff[name] = max(other_diff[name], max_abs(got[name], want[name]))
+    numbers = compare(outs, refs, logits=spec.is_head)
+    numbers.update({f"max_abs_{name}": value for name, value in other_diff.items()})
     numbers["batches"] = sorted({c.batch for c in cases})
-    return judge(numbers, GRAPHS[component].tolerance(precision))
+    return judge(numbers, spec.tolerance(precision))
 
 
-def check_graph(component: str, path: Path, cases: list[ParityCase], precision: str) -> dict[str, Any]:
-    """Parity numbers of one ONNX graph against the reference, with its gate from the graph table."""
-    return check_runner(component, session_runner(path), cases, precision)
+def check_graph(graph: GraphSpec | str, path: Path, cases: list[ParityCase], precision: str) -> dict[str, Any]:
+    """Parity numbers of one ONNX graph against the reference, with its gate from the model spec."""
+    return check_runner(graph, session_runner(path), cases, precision)
 
 
-def check_end_to_end(paths: dict[str, Path], cases: list[ParityCase], precision: str) -> dict[str, Any]:
-    """Image encoder -> text encoder -> head in ONNX Runtime vs the reference, on logits."""
-    image, text, head = (session_runner(paths[c]) for c in ("image_encoder", "text_encoder", "head"))
-    outs = []
-    for case in cases:
-        image_embeds = image({"pixel_values": case.pixel_values})[0]
-        text_embeds = text({"input_ids": case.input_ids})[0]
-        outs.append(head({"image_embeds": image_embeds, "text_embeds": text_embeds})[0])
-    numbers = compare(outs, [c.logits for c in cases], logits=True)
-    numbers["batches"] = sorted({c.batch for c in cases})
-    return judge(numbers, END_TO_END[precision])
+def end_to_end_key(head: HeadSpec) -> str:
+    """The parity report's key for a head's end-to-end gate."""
+    return f"end_to_end:{head.task}"
 
 
-def validate_graphs(paths: dict[str, Path], cases: list[ParityCase], precision: str) -> dict[str, Any]:
-    """Parity of every graph and end to end: {component: {...}, "end_to_end": {...}}."""
-    report = {component: check_graph(component, path, cases, precision) for component, path in paths.items()}
-    report["end_to_end"] = check_end_to_end(paths, cases, precision)
+def run_chain(runners: dict[str, GraphRunner], specs: list[GraphSpec], inputs: dict[str, np.ndarray]
+              ) -> dict[str, np.ndarray]:
+    """Run graphs in order, feeding each by input name from the inputs and earlier graphs' outputs."""
+    env = dict(inputs)
+    for spec in specs:
+        env.update(zip(spec.output_names, runners[spec.name]({n: env[n] for n in spec.input_names}), strict=False))
+    return env
+
+
+def check_end_to_end(spec: ModelSpec, paths: dict[str, Path], cases: list[ParityCase], precision: str
+                     ) -> dict[str, dict[str, Any]]:
+    """Image encoder -> text encoder -> each head in ONNX Runtime vs the reference, on that head's logits.
+
+    Returns {end_to_end_key(head): entry} for every head: each head is gated on its own.
+    """
+    runners = {name: session_runner(path) for name, path in paths.items()}
+    report = {}
+    for head in spec.heads:
+        chain = [IMAGE_GRAPH, TEXT_GRAPH, head.graph_spec()]
+        outs = [run_chain(runners, chain, case.inputs)["logits"] for case in cases]
+        numbers = compare(outs, [case.outputs[head.graph]["logits"] for case in cases], logits=True)
+        numbers["batches"] = sorted({c.batch for c in cases})
+        report[end_to_end_key(head)] = judge(numbers, END_TO_END[precision])
     return report
 
 
-def failures(parity: dict[str, dict[str, Any]]) -> list[str]:
-    """'precision component: violations' of every failed gate in a {precision: report} mapping.
-
-    A failed end-to-end entry with a `fallback` list also names every combination tried and, per graph, every
-    candidate with its numbers.
-    """
-    out = []
-    for precision, report in parity.items():
-        for name, entry in report.items():
-            if isinstance(entry, dict) and entry.get("passed") is False:
-                out.append(f"{precision} {name}{_violations(entry)}{_attempts(report, entry)}")
-    return out
-
-
-def _attempts(report: dict[str, Any], entry: dict[str, Any]) -> str:
-    from crisis_tool.export.fallback import describe_attempt
-
-    if not entry.get("fallback"):
-        return ""
-    combos = "; ".join(describe_attempt(attempt) for attempt in entry["fallback"])
-    graphs = []
-    for graph, graph_entry in report.items():
-        candidates = graph_entry.get("candidates") if isinstance(graph_entry, dict) else None
-        if candidates:
-            numbers = ", ".join(f"{name} {_candidate_numbers(c)}" for name, c in candidates.items())
-            graphs.append(f"candidates {graph}: {numbers}")
-    return f" [tried {combos}]" + (f" [{'; '.join(graphs)}]" if graphs else "")
-
-
-def _candidate_numbers(c: dict[str, Any]) -> str:
-    if "error" in c:
-        return "cannot run"
-    key = "top1_agreement" if "top1_agreement" in c else "min_cosine"
-    verdict = "pass" if c.get("passed") else "fail"
-    timing = f", {c['seconds'] * 1e3:.3g} ms" if "seconds" in c else ""
-    return f"{key} {c.get(key, float('nan')):.6g} ({verdict}{timing})"
-
-
-def _violations(entry: dict[str, Any]) -> str:
-    limits = entry.get("limits", {})
-    checks = (("max_abs", "max_abs", ">"), ("min_cosine", "min_cosine", "<"), ("min_top1", "top1_agreement", "<"))
-    broken = [
-        f"{key} {entry[key]:.6g} {op} {limits[limit]:.6g}"
-        for limit, key, op in checks
-        if limit in limits and key in entry
-        and (entry[key] > limits[limit] if op == ">" else entry[key] < limits[limit])
-    ]
-    return f": {', '.join(broken)}" if broken else ""
+def validate_graphs(spec: ModelSpec, paths: dict[str, Path], cases: list[ParityCase], precision: str
+                    ) -> dict[str, Any]:
+    """Parity of every graph of the spec and of every head end to end."""
+    report: dict[str, Any] = {name: check_graph(g, paths[name], cases, precision)
+                              for name, g in spec.graphs().items()}
+    report.update(check_end_to_end(spec, paths, cases, precision))
+    return report

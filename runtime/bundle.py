@@ -7,9 +7,12 @@ A bundle is a directory (file names are declared in `crisis_tool.runtime.manifes
     manifest.sha256               digest of the canonical manifest: no field can change unnoticed
     image_encoder.onnx            pixel_values [B,3,H,W] float32 -> image_embeds [B,D]
     text_encoder.onnx             input_ids [B,L] int64 -> text_embeds [B,D]
-    head.onnx                     (image_embeds, text_embeds) -> (logits, probs)
+    head_<task>.onnx              one per head: (image_embeds, text_embeds) -> (logits, probs)
     <graph>.<precision>.onnx      optional int8 / fp16 variants
-    head.safetensors, model_config.json   the fusion head and the run config (stored once, here)
+    head_<task>.safetensors       each head's weights
+    model_config.json             the run config (stored once, here)
+
+A format-2 bundle (one head: `head.onnx`, `head.safetensors`) reads as a one-head spec.
     tokenizer/                    CLIP BPE vocabulary
     engines/                      optional TensorRT engines (device specific)
 """
@@ -32,6 +35,8 @@ from crisis_tool.runtime.manifest import (
     sha256_file,
 )
 from crisis_tool.runtime.manifest_schema import resolve_inside
+from crisis_tool.runtime.model_spec import HeadSpec, ModelSpec
+from crisis_tool.runtime.run_config import run_config_heads
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "Bundle", "sha256_file", "verify_bundle"]
 
@@ -51,22 +56,38 @@ class Bundle:
     manifest: Manifest
 
     @classmethod
-    def load(cls, root: str | Path, verify: bool = True) -> Bundle:
+    def load(cls, root: str | Path, verify: bool = True, pubkey: str | Path | None = None) -> Bundle:
         """Parse the manifest; with `verify` also check its digest, every file hash and the run config.
 
         Without `verify` the manifest is still parsed against its schema and no path may leave the bundle.
+        With `pubkey` (an Ed25519 public key PEM) the bundle must also carry a valid signature by that key
+        (`crisis_tool.runtime.signing`), and is always verified.
         """
         root = Path(root)
+        if pubkey is not None:
+            from crisis_tool.runtime.signing import verify_signature
+
+            verify_signature(root, pubkey)
         manifest = Manifest.load(root)
         bundle = cls(root=root, manifest=manifest)
-        if verify:
+        if verify or pubkey is not None:
             manifest.verify(root)
             bundle.check_run_config()
         return bundle
 
     # ------------------------------------------------------------------ what the manifest says
     @property
+    def spec(self) -> ModelSpec:
+        """Shared encoders and one named head per task."""
+        return self.manifest.spec
+
+    @property
+    def heads(self) -> tuple[HeadSpec, ...]:
+        return self.manifest.spec.heads
+
+    @property
     def labels(self) -> list[str]:
+        """The first head's labels (the only ones of a one-head bundle)."""
         return list(self.manifest.labels)
 
     @property
@@ -83,7 +104,7 @@ class Bundle:
 
     @property
     def dims(self) -> dict[str, int]:
-        """Fixed sizes of the graph table's symbolic dims (H, W, D, C) and the text context length L."""
+        """Fixed sizes shared by the graphs (H, W, D) and the text context length L (a head adds its C)."""
         return {**self.manifest.dims, "L": self.manifest.tokenizer.context_length}
 
     @property
@@ -134,19 +155,32 @@ class Bundle:
         return data
 
     def check_run_config(self) -> None:
-        """BundleError unless labels, text source, preprocessing and dims agree with the hashed run config."""
+        """BundleError unless every head, the text source, preprocessing and dims agree with the hashed run config.
+
+        Labels, class counts, temperature and review threshold of each head are stated twice (manifest and
+        `model_config.json`), so changing one of them means changing both files.
+        """
         config = self.run_config()
         m = self.manifest
-        head_entry = config.get("head")
-        head: dict[str, Any] = head_entry if isinstance(head_entry, dict) else {}
-        checks = (
-            ("labels", list(m.labels), config.get("labels")),
-            ("task", m.task, config.get("task")),
+        where = f"{self.root}: {MODEL_CONFIG_NAME}"
+        by_task = {h["task"]: h for h in run_config_heads(config, where)}
+        if list(by_task) != list(m.spec.tasks):
+            raise BundleError(f"{self.root}: manifest heads {list(m.spec.tasks)} disagree with {MODEL_CONFIG_NAME} "
+                              f"({list(by_task)})")
+        checks: list[tuple[str, Any, Any]] = [
             ("text_source", m.text_source, config.get("text_source")),
             ("preprocess", m.preprocess, config.get("preprocess")),
-            ("dims.C (classes of the head)", m.dims["C"], head.get("num_classes")),
-            ("dims.D (CLIP embedding width)", m.dims["D"], head.get("clip_embed_dim")),
-        )
+        ]
+        for head in m.spec.heads:
+            entry = by_task[head.task]
+            cfg = entry["head"]
+            checks += [
+                (f"{head.task} labels", list(head.labels), entry["labels"]),
+                (f"{head.task} classes", len(head.labels), cfg.get("num_classes")),
+                (f"{head.task} temperature", head.temperature, entry["temperature"]),
+                (f"{head.task} review threshold", head.review_threshold, entry["review_threshold"]),
+                ("dims.D (CLIP embedding width)", m.dims["D"], cfg.get("clip_embed_dim")),
+            ]
         for name, manifest_value, config_value in checks:
             if manifest_value != config_value:
                 raise BundleError(f"{self.root}: manifest {name} {manifest_value!r} disagrees with "

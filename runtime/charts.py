@@ -1,9 +1,9 @@
-"""Small PNG charts drawn with Pillow only (no matplotlib: the runtime stays lean).
+"""PNG charts drawn with matplotlib (the optional `charts` extra; imported only when a chart is drawn).
 
-line_chart: one line per series (optional log2 x axis); scatter_chart: labelled points;
-bar_chart: grouped bars with mean +- std error bars;
-heatmap: confusion matrices with the count written in every cell. Each writes a white PNG with a title,
-axes, ticks, axis labels and a legend, and returns its path.
+bench_chart: throughput and p50/p99 latency against batch size per backend (+ speed against macro-F1);
+confusion_matrix_png / heatmap: counts with each true class's share; reliability_png: accuracy against
+confidence per bin with the posts per bin; line_chart and bar_chart (mean +- std) for the other reports.
+Fraction axes (F1, accuracy, confidence) run from 0 to 1. Each chart is written atomically and returns its path.
 """
 
 from __future__ import annotations
@@ -11,192 +11,87 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from crisis_tool.runtime.atomic_files import atomic_output
-from crisis_tool.runtime.errors import UsageError
+from crisis_tool.runtime.errors import MissingDependencyError, UsageError
 
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-           "#bcbd22", "#17becf"]
-WIDTH, HEIGHT = 960, 600
-MARGIN = {"left": 90, "right": 240, "top": 60, "bottom": 80}
-AXIS = "#222222"
-GRID = "#e6e6e6"
-
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+INSTALL_HINT = "charts need matplotlib: pip install 'crisis-tool[charts]'"
+DPI = 100
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
-def _font(size: int) -> Font:
+def require_matplotlib(what: str = "charts") -> None:
+    """MissingDependencyError (one line, with the install command) when matplotlib is absent."""
     try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: fixed bitmap font
-        return ImageFont.load_default()
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError(f"{what}: {INSTALL_HINT}") from None
 
 
-def _text_size(draw: ImageDraw.ImageDraw, text: str, font: Font) -> tuple[int, int]:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    return int(right - left), int(bottom - top)
+def _figure(width: float, height: float) -> Any:
+    """A matplotlib Figure that draws off-screen (no pyplot, no global backend switch)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingDependencyError(INSTALL_HINT) from None
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
-    """Round tick values covering [lo, hi]."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return [0.0, 1.0]
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    raw = (hi - lo) / max(count - 1, 1)
-    step = 10 ** math.floor(math.log10(raw))
-    step *= next(m for m in (1, 2, 2.5, 5, 10) if raw <= m * step)
-    start = math.floor(lo / step) * step
-    ticks = [start + i * step for i in range(int(math.ceil((hi - start) / step - 1e-9)) + 1)]
-    return [round(t, 12) for t in ticks]
+def _save(fig: Any, path: str | Path) -> Path:
+    with atomic_output(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=DPI, facecolor="white")
+    return Path(path)
 
 
-def _fmt(value: float) -> str:
-    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-        return f"{value:.2g}"
-    return f"{value:.4g}"
+def _is_fraction(values: Sequence[float]) -> bool:
+    return bool(values) and all(0.0 <= v <= 1.0 for v in values)
 
 
-class _Canvas:
-    """A white image with a plot rectangle and helpers to map data to pixels."""
+def _log2_batch_axis(ax: Any, xs: Sequence[float]) -> None:
+    """A log2 x axis with a tick at each batch size actually run."""
+    from matplotlib.ticker import FixedLocator, NullLocator
 
-    def __init__(self, title: str, width: int = WIDTH, height: int = HEIGHT, margin: Mapping | None = None):
-        self.image = Image.new("RGB", (width, height), "white")
-        self.draw = ImageDraw.Draw(self.image)
-        self.font, self.small, self.big = _font(15), _font(13), _font(20)
-        m = dict(MARGIN, **(margin or {}))
-        self.x0, self.y0 = m["left"], m["top"]
-        self.x1, self.y1 = width - m["right"], height - m["bottom"]
-        tw, _ = _text_size(self.draw, title, self.big)
-        self.draw.text(((width - tw) / 2, 18), title, fill=AXIS, font=self.big)
-
-    def text(self, xy: tuple[float, float], text: str, font: Font | None = None, anchor: str = "la",
-             fill: str = AXIS) -> None:
-        self.draw.text(xy, text, fill=fill, font=font or self.font, anchor=anchor)
-
-    def vertical_text(self, center: tuple[float, float], text: str, font: Font | None = None) -> None:
-        font = font or self.font
-        w, h = _text_size(self.draw, text, font)
-        label = Image.new("RGBA", (w + 4, h + 8), (255, 255, 255, 0))
-        ImageDraw.Draw(label).text((2, 2), text, fill=AXIS, font=font)
-        label = label.rotate(90, expand=True)
-        self.image.paste(label, (int(center[0] - label.width / 2), int(center[1] - label.height / 2)), label)
-
-    def frame(self, xlabel: str, ylabel: str) -> None:
-        self.draw.rectangle((self.x0, self.y0, self.x1, self.y1), outline=AXIS, width=1)
-        self.text(((self.x0 + self.x1) / 2, self.y1 + 42), xlabel, anchor="mt")
-        self.vertical_text((22, (self.y0 + self.y1) / 2), ylabel)
-
-    def y_axis(self, ticks: Sequence[float], lo: float, hi: float) -> None:
-        for t in ticks:
-            y = self.ymap(t, lo, hi)
-            self.draw.line((self.x0, y, self.x1, y), fill=GRID)
-            self.draw.line((self.x0 - 5, y, self.x0, y), fill=AXIS)
-            self.text((self.x0 - 8, y), _fmt(t), self.small, anchor="rm")
-
-    def ymap(self, value: float, lo: float, hi: float) -> float:
-        return self.y1 - (value - lo) / (hi - lo) * (self.y1 - self.y0)
-
-    def xmap(self, value: float, lo: float, hi: float) -> float:
-        return self.x0 + (value - lo) / (hi - lo) * (self.x1 - self.x0)
-
-    def legend(self, names: Sequence[str]) -> None:
-        x, y = self.x1 + 18, self.y0 + 4
-        for i, name in enumerate(names):
-            colour = PALETTE[i % len(PALETTE)]
-            self.draw.rectangle((x, y + 3, x + 14, y + 15), fill=colour)
-            self.text((x + 22, y), _ellipsize(name, 28), self.small)
-            y += 22
-
-    def save(self, path: str | Path) -> Path:
-        """Write the PNG atomically (a reader never sees half a chart; a failure leaves the old file)."""
-        out = Path(path)
-        with atomic_output(out, "wb") as fh:
-            self.image.save(fh, format="PNG")
-        return out
-
-
-def _ellipsize(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _padded_range(values: Sequence[float], include_zero: bool = False) -> tuple[float, float]:
-    lo, hi = min(values), max(values)
-    if include_zero:
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-    pad = (hi - lo) * 0.05 or (abs(hi) * 0.1 or 1.0)
-    return (lo if include_zero and lo == 0 else lo - pad), hi + pad
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(xs))
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    if len(ticks) == 1:
+        ax.set_xlim(ticks[0] / 2, ticks[0] * 2)
 
 
 def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, title: str,
-               xlabel: str, ylabel: str, log2_x: bool = False) -> Path:
-    """One line with markers per series of (x, y) points; `log2_x` spaces x by log2 (x must be > 0)."""
-    points = {name: [(float(x), float(y)) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
+               xlabel: str, ylabel: str, log2_x: bool = False, fraction: bool | None = None) -> Path:
+    """One line with markers per series of (x, y) points; `log2_x` spaces x by log2 (x must be > 0). A fraction
+    axis (all y in [0, 1] unless `fraction` says otherwise) runs from 0 to 1."""
+    points = {name: sorted((float(x), float(y)) for x, y in pts if math.isfinite(x) and math.isfinite(y))
               for name, pts in series.items()}
     every = [p for pts in points.values() for p in pts]
     if not every:
         raise UsageError(f"line chart {title!r}: no finite points to draw")
     if log2_x and any(x <= 0 for x, _ in every):
         raise UsageError(f"line chart {title!r}: a log2 x axis needs x > 0")
-    tx = (lambda v: math.log2(v)) if log2_x else (lambda v: v)
-    xs, ys = [tx(x) for x, _ in every], [y for _, y in every]
-    xlo, xhi = _padded_range(xs)
-    yticks = _nice_ticks(*_padded_range(ys))
-    ylo, yhi = yticks[0], yticks[-1]
-    canvas = _Canvas(title)
-    canvas.y_axis(yticks, ylo, yhi)
+    fig = _figure(9.6, 6.0)
+    ax = fig.add_subplot()
+    for i, (name, pts) in enumerate(points.items()):
+        if pts:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker=MARKERS[i % len(MARKERS)], label=name)
     if log2_x:
-        xticks = [2.0**k for k in range(math.floor(min(xs)), math.ceil(max(xs)) + 1)]
-        xticks = [t for t in xticks if xlo <= math.log2(t) <= xhi]
-    else:
-        xticks = [t for t in _nice_ticks(min(xs), max(xs)) if xlo <= t <= xhi]
-    for t in xticks:
-        x = canvas.xmap(tx(t), xlo, xhi)
-        canvas.draw.line((x, canvas.y0, x, canvas.y1), fill=GRID)
-        canvas.draw.line((x, canvas.y1, x, canvas.y1 + 5), fill=AXIS)
-        canvas.text((x, canvas.y1 + 8), _fmt(t), canvas.small, anchor="mt")
-    canvas.frame(xlabel + (" (log2 scale)" if log2_x else ""), ylabel)
-    for i, pts in enumerate(points.values()):
-        colour = PALETTE[i % len(PALETTE)]
-        pixels = [(canvas.xmap(tx(x), xlo, xhi), canvas.ymap(y, ylo, yhi)) for x, y in sorted(pts)]
-        if len(pixels) > 1:
-            canvas.draw.line(pixels, fill=colour, width=3, joint="curve")
-        for px, py in pixels:
-            canvas.draw.ellipse((px - 4, py - 4, px + 4, py + 4), fill=colour, outline="white")
-    canvas.legend(list(points))
-    return canvas.save(path)
-
-
-def scatter_chart(points: Mapping[str, tuple[float, float]], path: str | Path, title: str, xlabel: str,
-                  ylabel: str) -> Path:
-    """One labelled point per name at (x, y), e.g. a bench row's speed against its macro-F1."""
-    finite = {name: (float(x), float(y)) for name, (x, y) in points.items() if math.isfinite(x) and math.isfinite(y)}
-    if not finite:
-        raise UsageError(f"scatter chart {title!r}: no finite points to draw")
-    xticks = _nice_ticks(*_padded_range([x for x, _ in finite.values()], include_zero=True))  # speed from 0
-    yticks = _nice_ticks(*_padded_range([y for _, y in finite.values()]))
-    (xlo, xhi), (ylo, yhi) = (xticks[0], xticks[-1]), (yticks[0], yticks[-1])
-    canvas = _Canvas(title)
-    canvas.y_axis(yticks, ylo, yhi)
-    for t in xticks:
-        x = canvas.xmap(t, xlo, xhi)
-        canvas.draw.line((x, canvas.y0, x, canvas.y1), fill=GRID)
-        canvas.text((x, canvas.y1 + 8), _fmt(t), canvas.small, anchor="mt")
-    canvas.frame(xlabel, ylabel)
-    for i, (name, (x, y)) in enumerate(finite.items()):
-        px, py = canvas.xmap(x, xlo, xhi), canvas.ymap(y, ylo, yhi)
-        canvas.draw.ellipse((px - 6, py - 6, px + 6, py + 6), fill=PALETTE[i % len(PALETTE)], outline="white")
-        canvas.text((px + 9, py - 7 + 14 * (i % 2)), _ellipsize(name, 22), canvas.small)
-    canvas.legend(list(finite))
-    return canvas.save(path)
+        _log2_batch_axis(ax, [x for x, _ in every])
+    if fraction if fraction is not None else _is_fraction([y for _, y in every]):
+        ax.set_ylim(0, 1.02)
+    ax.set(title=title, xlabel=xlabel + (" (log2 scale)" if log2_x else ""), ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    return _save(fig, path)
 
 
 def bar_chart(groups: Mapping[str, Mapping[str, tuple[float, float]]], path: str | Path, title: str,
-              ylabel: str) -> Path:
-    """Grouped bars: group -> series -> (mean, std); error bars span mean +- std."""
+              ylabel: str, fraction: bool | None = None) -> Path:
+    """Grouped bars: group -> series -> (mean, std); error bars span mean +- std. A fraction axis runs 0..1."""
     if not groups or not any(groups.values()):
         raise UsageError(f"bar chart {title!r}: no bars to draw")
     names: list[str] = []
@@ -205,84 +100,158 @@ def bar_chart(groups: Mapping[str, Mapping[str, tuple[float, float]]], path: str
     values = [(float(m), float(s)) for bars in groups.values() for m, s in bars.values()]
     if not all(math.isfinite(m) and math.isfinite(s) for m, s in values):
         raise UsageError(f"bar chart {title!r}: means and stds must be finite")
-    yticks = _nice_ticks(*_padded_range([m - abs(s) for m, s in values] + [m + abs(s) for m, s in values],
-                                        include_zero=True))
-    ylo, yhi = yticks[0], yticks[-1]
-    canvas = _Canvas(title)
-    canvas.y_axis(yticks, ylo, yhi)
-    canvas.frame("", ylabel)
-    slot = (canvas.x1 - canvas.x0) / len(groups)
-    bar_w = slot * 0.8 / len(names)
-    zero = canvas.ymap(min(max(0.0, ylo), yhi), ylo, yhi)
-    for g, (group, bars) in enumerate(groups.items()):
-        left = canvas.x0 + g * slot + slot * 0.1
-        for i, name in enumerate(names):
-            if name not in bars:
-                continue
-            mean, std = (float(v) for v in bars[name])
-            bx0, bx1 = left + i * bar_w + 1, left + (i + 1) * bar_w - 1
-            top = canvas.ymap(mean, ylo, yhi)
-            canvas.draw.rectangle((bx0, min(top, zero), bx1, max(top, zero)), fill=PALETTE[i % len(PALETTE)])
-            if std:
-                cx, cap = (bx0 + bx1) / 2, max(bar_w * 0.2, 3)
-                hi_y, lo_y = canvas.ymap(mean + abs(std), ylo, yhi), canvas.ymap(mean - abs(std), ylo, yhi)
-                canvas.draw.line((cx, hi_y, cx, lo_y), fill=AXIS, width=2)
-                canvas.draw.line((cx - cap, hi_y, cx + cap, hi_y), fill=AXIS, width=2)
-                canvas.draw.line((cx - cap, lo_y, cx + cap, lo_y), fill=AXIS, width=2)
-        limit = max(int(slot / 8), 4)
-        canvas.text((canvas.x0 + (g + 0.5) * slot, canvas.y1 + 10), _ellipsize(group, limit), anchor="mt")
-    canvas.legend(names)
-    return canvas.save(path)
-
-
-def _cell_colour(fraction: float) -> tuple[int, int, int]:
-    """White -> dark blue."""
-    low, high = np.array([247, 251, 255]), np.array([8, 48, 107])
-    red, green, blue = (int(v) for v in np.round(low + (high - low) * fraction))
-    return red, green, blue
+    fig = _figure(9.6, 6.0)
+    ax = fig.add_subplot()
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        xs = [g + (i - (len(names) - 1) / 2) * width for g, bars in enumerate(groups.values()) if name in bars]
+        means = [float(bars[name][0]) for bars in groups.values() if name in bars]
+        stds = [abs(float(bars[name][1])) for bars in groups.values() if name in bars]
+        ax.bar(xs, means, width * 0.95, yerr=stds, capsize=4, label=name, color=f"C{i}")
+    ax.set_xticks(range(len(groups)), list(groups), rotation=15 if len(groups) > 4 else 0)
+    if fraction if fraction is not None else _is_fraction([m + abs(s) for m, s in values] + [m for m, _ in values]):
+        ax.set_ylim(0, 1.02)
+    ax.set(title=title, ylabel=ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    return _save(fig, path)
 
 
 def heatmap(matrix: Sequence[Sequence[float]] | np.ndarray, row_labels: Sequence[str],
             col_labels: Sequence[str], path: str | Path, title: str, xlabel: str = "predicted",
             ylabel: str = "true") -> Path:
-    """A confusion-matrix style heatmap; each cell shows its value (integers without decimals)."""
+    """A confusion matrix: each cell shows its count and its share of the row; the colour is that share."""
     data = np.asarray(matrix, dtype=np.float64)
     if data.ndim != 2 or data.shape != (len(row_labels), len(col_labels)) or data.size == 0:
         raise UsageError(
             f"heatmap {title!r}: matrix shape {data.shape} does not match "
             f"{len(row_labels)} row and {len(col_labels)} column labels"
         )
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_font = _font(13)
-    row_w = max(_text_size(probe, _ellipsize(s, 40), label_font)[0] for s in row_labels)
-    col_h = max(_text_size(probe, _ellipsize(s, 40), label_font)[0] for s in col_labels)
-    cell = max(36, min(90, 640 // max(data.shape)))
-    margin = {"left": row_w + 60, "right": 40, "top": 60, "bottom": col_h + 60}
-    width = margin["left"] + cell * data.shape[1] + margin["right"]
-    height = margin["top"] + cell * data.shape[0] + margin["bottom"]
-    title_w = _text_size(probe, title, _font(20))[0] + 40  # the canvas draws its title in a 20 px font
-    canvas = _Canvas(title, max(width, 320, title_w), height, margin)
-    canvas.x1 = canvas.x0 + cell * data.shape[1]
-    finite = data[np.isfinite(data)]
-    top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    totals = np.nansum(data, axis=1, keepdims=True)
+    share = np.divide(data, totals, out=np.zeros_like(data), where=totals > 0)
+    longest = max(len(s) for s in [*row_labels, *col_labels])
+    cell = 0.9 if max(data.shape) <= 8 else 0.55
+    side = 2.0 + 0.075 * longest
+    fig = _figure(max(side + cell * data.shape[1] + 1.5, 0.09 * len(title) + 1), side + cell * data.shape[0])
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, label=f"share of the {ylabel} class (0..1)", shrink=0.8)
+    small = max(data.shape) > 8
     for r in range(data.shape[0]):
         for c in range(data.shape[1]):
             value = data[r, c]
-            fraction = min(max(value / top, 0.0), 1.0) if math.isfinite(value) else 0.0
-            left, upper = canvas.x0 + c * cell, canvas.y0 + r * cell
-            box = (left, upper, left + cell, upper + cell)
-            canvas.draw.rectangle(box, fill=_cell_colour(fraction), outline="white")
-            text = str(int(value)) if math.isfinite(value) and float(value).is_integer() else _fmt(value)
-            centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
-            canvas.text(centre, text, canvas.small, anchor="mm", fill="white" if fraction > 0.5 else AXIS)
-    for r, label in enumerate(row_labels):
-        y = canvas.y0 + (r + 0.5) * cell
-        canvas.text((canvas.x0 - 8, y), _ellipsize(label, 40), label_font, anchor="rm")
-    for c, label in enumerate(col_labels):
-        text = _ellipsize(label, 40)
-        w, _ = _text_size(canvas.draw, text, label_font)
-        canvas.vertical_text((canvas.x0 + (c + 0.5) * cell, canvas.y1 + 8 + w / 2), text, label_font)
-    canvas.draw.rectangle((canvas.x0, canvas.y0, canvas.x1, canvas.y1), outline=AXIS)
-    canvas.text(((canvas.x0 + canvas.x1) / 2, canvas.y1 + col_h + 22), xlabel, anchor="mt")
-    canvas.vertical_text((22, (canvas.y0 + canvas.y1) / 2), ylabel)
-    return canvas.save(path)
+            count = str(int(value)) if math.isfinite(value) and value.is_integer() else f"{value:.3g}"
+            text = count if small else f"{count}\n{100 * share[r, c]:.0f}%"
+            ax.text(c, r, text, ha="center", va="center", fontsize=7 if small else 9,
+                    color="white" if share[r, c] > 0.5 else "black")
+    ax.set_xticks(range(len(col_labels)), list(col_labels), rotation=40, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(len(row_labels)), list(row_labels))
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return _save(fig, path)
+
+
+def confusion_matrix_png(matrix: Sequence[Sequence[float]] | np.ndarray, labels: Sequence[str], path: str | Path,
+                         title: str = "confusion matrix") -> Path:
+    """The confusion matrix of one task (rows: true class, columns: predicted class)."""
+    return heatmap(matrix, labels, labels, path, title)
+
+
+def _bin_fields(b: Any) -> tuple[float, float, int, float, float]:
+    if hasattr(b, "lower"):
+        return float(b.lower), float(b.upper), int(b.count), float(b.accuracy), float(b.confidence)
+    lower, upper, count, accuracy, confidence = b
+    return float(lower), float(upper), int(count), float(accuracy), float(confidence)
+
+
+def reliability_png(bins: Sequence[Any], path: str | Path, title: str = "reliability diagram") -> Path:
+    """Accuracy against mean confidence per confidence bin, the diagonal of perfect calibration, and the posts
+    per bin below. `bins`: (lower, upper, count, accuracy, confidence) tuples or objects with those fields
+    (crisis_tool.runtime.triage.calibration.reliability_bins); empty bins have count 0."""
+    table = [_bin_fields(b) for b in bins]
+    total = sum(count for _, _, count, _, _ in table)
+    if not table or total == 0:
+        raise UsageError(f"reliability diagram {title!r}: no scored posts in any bin")
+    full = [b for b in table if b[2] > 0]
+    ece = sum(count / total * abs(acc - conf) for _, _, count, acc, conf in full)
+    fig = _figure(7.0, 7.5)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    widths = [upper - lower for lower, upper, *_ in full]
+    top.bar([lo for lo, *_ in full], [acc for *_, acc, _ in full], widths, align="edge", color="C0",
+            edgecolor="white", label="accuracy in bin")
+    top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    top.plot([conf for *_, conf in full], [acc for *_, acc, _ in full], "o", color="C3", ms=4,
+             label="(mean confidence, accuracy) of bin")
+    top.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="accuracy (fraction correct)",
+            title=f"{title}\nECE {ece:.3f} over {total} posts, {len(table)} bins")
+    top.legend(loc="best", fontsize="small")
+    top.grid(alpha=0.3)
+    bottom.bar([lo for lo, *_ in table], [c for _, _, c, _, _ in table], [hi - lo for lo, hi, *_ in table],
+               align="edge", color="C7", edgecolor="white")
+    bottom.set(xlabel="confidence (max calibrated probability, 0..1)", ylabel="posts")
+    bottom.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _series_name(row: Mapping[str, Any], several_texts: bool, several_decodes: bool) -> str:
+    from crisis_tool.runtime.bench.report_lines import backend_cell
+
+    name = backend_cell(row)
+    if several_texts:
+        name += f", text {row.get('text_tokens')}"
+    if several_decodes:
+        name += f", {row.get('decode')} decode"
+    return name
+
+
+def bench_chart(result: Mapping[str, Any], path: str | Path) -> Path:
+    """Panels side by side, one colour per backend (ok rows only): posts/s against batch size; p50 (solid) and
+    p99 (dashed) latency per batch against batch size; with task metrics, posts/s against macro-F1 (marker:
+    batch size)."""
+    rows = [r for r in result["rows"] if r.get("status") == "ok" and r.get("items_per_s")]
+    if not rows:
+        raise UsageError(f"--plot {path}: no row ran, nothing to plot")
+    several_texts = len({r.get("text_tokens") for r in result["rows"]}) > 1
+    several_decodes = len({r.get("decode") for r in result["rows"]}) > 1
+    series: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        series.setdefault(_series_name(row, several_texts, several_decodes), []).append(row)
+    scored = [r for r in rows if r.get("macro_f1") is not None]
+    panels = 3 if scored else 2
+    fig = _figure(5.2 * panels, 5.2)
+    axes = fig.subplots(1, panels)
+    batches = sorted({r["batch_size"] for r in rows})
+    for i, (name, pts) in enumerate(series.items()):
+        pts = sorted(pts, key=lambda r: r["batch_size"])
+        xs = [r["batch_size"] for r in pts]
+        axes[0].plot(xs, [r["items_per_s"] for r in pts], marker="o", color=f"C{i}", label=name)
+        axes[1].plot(xs, [r["p50_ms"] for r in pts], marker="o", color=f"C{i}")
+        axes[1].plot(xs, [r["p99_ms"] for r in pts], marker="x", ls="--", color=f"C{i}")
+    for ax in axes[:2]:
+        _log2_batch_axis(ax, batches)
+        ax.set_xlabel("batch size (posts, log2 scale)")
+        ax.grid(alpha=0.3)
+    axes[0].set(ylabel="throughput (posts/s)", title="throughput", ylim=(0, None))
+    latencies = [r[k] for r in rows for k in ("p50_ms", "p99_ms") if r.get(k)]
+    if latencies and max(latencies) / max(min(latencies), 1e-9) > 30:
+        axes[1].set_yscale("log")
+    else:
+        axes[1].set_ylim(0, None)
+    axes[1].set(ylabel="latency per batch (ms)", title="latency: p50 solid, p99 dashed")
+    if scored:
+        names = list(series)
+        for row in scored:
+            name = _series_name(row, several_texts, several_decodes)
+            marker = MARKERS[batches.index(row["batch_size"]) % len(MARKERS)]
+            axes[2].scatter(row["items_per_s"], row["macro_f1"], color=f"C{names.index(name)}", marker=marker, s=60)
+        for j, b in enumerate(batches):
+            axes[2].scatter([], [], color="grey", marker=MARKERS[j % len(MARKERS)], label=f"batch {b}")
+        axes[2].legend(loc="lower right", fontsize="small", title="marker")
+        axes[2].set(xlabel="throughput (posts/s)", ylabel="macro-F1 (0..1)", ylim=(0, 1.02), xlim=(0, None),
+                    title="speed against macro-F1")
+        axes[2].grid(alpha=0.3)
+    header = result.get("header", {})
+    fig.suptitle(f"crisis-tool bench, {header.get('workload')} workload, {header.get('cpu')}, "
+                 f"{header.get('threads')} threads")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(series), 4),
+               fontsize="small")
+    return _save(fig, path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,24 @@ from typing import Any
 from crisis_tool.runtime.atomic_files import atomic_write_text
 from crisis_tool.runtime.errors import BundleError
 from crisis_tool.runtime.file_guard import open_regular, read_capped, regular_file_size
-from crisis_tool.runtime.graph_table import GRAPHS, PRECISIONS, TensorSpec
 from crisis_tool.runtime.manifest_schema import ManifestReader, resolve_inside, unsafe_relpath
+from crisis_tool.runtime.model_spec import (
+    LEGACY_HEAD_GRAPH,
+    PRECISIONS,
+    TASK_NAME,
+    GraphSpec,
+    HeadSpec,
+    ModelSpec,
+    TensorSpec,
+)
+from crisis_tool.runtime.triage.review_threshold import FLAG_ALL
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+LEGACY_FORMAT_VERSION = 2  # one head, named by `task`/`labels`: still read, as a one-head spec
 MANIFEST_NAME = "manifest.json"
 MANIFEST_DIGEST_NAME = "manifest.sha256"
-HEAD_WEIGHTS_NAME = "head.safetensors"
+MANIFEST_SIGNATURE_NAME = "manifest.sig"  # written after the manifest (crisis_tool.runtime.signing)
+HEAD_WEIGHTS_NAME = "head.safetensors"  # the one head of a format-2 bundle
 MODEL_CONFIG_NAME = "model_config.json"
 TOKENIZER_DIR = "tokenizer"
 ENGINE_DIR = "engines"
@@ -81,8 +93,7 @@ class GraphEntry:
     outputs: tuple[TensorSpec, ...]
 
     @classmethod
-    def for_graph(cls, graph: str, file: str) -> GraphEntry:
-        spec = GRAPHS[graph]
+    def for_graph(cls, spec: GraphSpec, file: str) -> GraphEntry:
         return cls(file, spec.inputs, spec.outputs)
 
     @classmethod
@@ -162,18 +173,58 @@ class TokenizerEntry:
                 "sot_token_id": self.sot_token_id, "eot_token_id": self.eot_token_id}
 
 
+def parse_head(r: ManifestReader) -> HeadSpec:
+    """One head of the spec: task, labels, graph, weights file, temperature and review threshold."""
+    task = r.get("task", str)
+    if not TASK_NAME.match(task):
+        raise r.fail("task", f"{task!r} is not a task name (lower-case letters, digits, '_')")
+    labels = r.get("labels", list)
+    if not labels or not all(isinstance(x, str) for x in labels) or len(set(labels)) != len(labels):
+        raise r.fail("labels", "must be a non-empty list of distinct strings")
+    graph = r.get("graph", str)
+    if not TASK_NAME.match(graph):
+        raise r.fail("graph", f"{graph!r} is not a graph name")
+    temperature = r.get("temperature", (int, float), 1.0)
+    if not math.isfinite(temperature) or not 0.01 <= temperature <= 100:
+        raise r.fail("temperature", f"{temperature!r} is out of range (0.01..100)")
+    threshold = r.get("review_threshold", (int, float), None)
+    if isinstance(temperature, bool) or isinstance(threshold, bool):
+        raise r.fail("temperature", "and review_threshold must be numbers")
+    if threshold is not None and not (0.0 <= threshold <= 1.0 or threshold == FLAG_ALL):
+        raise r.fail("review_threshold", f"{threshold!r} is out of range (0..1, or {FLAG_ALL} to flag every post)")
+    return HeadSpec(task, tuple(labels), graph, r.relpath("weights"), float(temperature),
+                    None if threshold is None else float(threshold))
+
+
+def parse_spec(r: ManifestReader, version: int) -> ModelSpec:
+    """The model spec of a format-3 manifest, or the one head a format-2 manifest names by task/labels."""
+    if version == LEGACY_FORMAT_VERSION:
+        labels = r.get("labels", list)
+        if not labels or not all(isinstance(x, str) for x in labels) or len(set(labels)) != len(labels):
+            raise r.fail("labels", "must be a non-empty list of distinct strings")
+        return ModelSpec((HeadSpec(r.get("task", str), tuple(labels), LEGACY_HEAD_GRAPH, HEAD_WEIGHTS_NAME),))
+    heads = r.child("spec").get("heads", list)
+    parsed = tuple(parse_head(ManifestReader(h, f"spec.heads[{i}]", r.origin)) for i, h in enumerate(heads))
+    if not parsed:
+        raise r.fail("spec.heads", "must list at least one head")
+    for field_name in ("task", "graph", "weights"):
+        values = [getattr(h, field_name) for h in parsed]
+        if len(set(values)) != len(values):
+            raise r.fail("spec.heads", f"name a {field_name} twice")
+    return ModelSpec(parsed)
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What a bundle holds and how it was made. Written by export, read by everything else."""
 
     crisis_tool_version: str
     created_utc: str
-    task: str
-    labels: tuple[str, ...]
+    spec: ModelSpec
     text_source: str
     preprocess: dict[str, Any]
     tokenizer: TokenizerEntry
-    dims: dict[str, int]  # fixed sizes of the graph table's symbolic dims: H, W, D, C
+    dims: dict[str, int]  # fixed sizes shared by every graph: H, W (image), D (embedding width)
     precision: str
     max_batch: int
     opset: int
@@ -185,8 +236,25 @@ class Manifest:
     embeddings: str = "unnormalized"
     versions: dict[str, str] = field(default_factory=dict)
     calibration: str | None = None  # what calibrated / gated the variants: "generated" or "<--calib-data> n=N"
+    encoders: dict[str, Any] = field(default_factory=dict)  # {"model": ..., "pretrained": ..., "random": bool}
     files: dict[str, FileEntry] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+
+    # ------------------------------------------------------------------ one-head views
+    @property
+    def task(self) -> str:
+        """The first head's task (the only one of a one-head bundle)."""
+        return self.spec.heads[0].task
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The first head's labels (the only ones of a one-head bundle)."""
+        return self.spec.heads[0].labels
+
+    @property
+    def random_encoders(self) -> bool:
+        """True when the encoders were exported with random weights (`--pretrained none`)."""
+        return bool(self.encoders.get("random"))
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -194,47 +262,46 @@ class Manifest:
         """Parse a decoded manifest.json; BundleError naming the first field that is wrong."""
         r = ManifestReader(data, "", origin)
         version = r.get("format_version", int)
-        if version != FORMAT_VERSION:
+        if version not in (LEGACY_FORMAT_VERSION, FORMAT_VERSION):
             raise BundleError(f"{origin}: bundle format {version!r} is not supported (expected {FORMAT_VERSION}); "
-                              "re-export it with this crisis-tool")
-        labels = r.get("labels", list)
-        if not labels or not all(isinstance(x, str) for x in labels) or len(set(labels)) != len(labels):
-            raise r.fail("labels", "must be a non-empty list of distinct strings")
+                              "re-export it with this crisis-tool: crisis-tool export --model RUN_DIR --out BUNDLE")
+        spec = parse_spec(r, version)
         dims_reader = r.child("dims")
-        dims = {k: dims_reader.get(k, int) for k in ("H", "W", "D", "C")}
-        if dims["C"] != len(labels):
-            raise r.fail("dims.C", f"is {dims['C']} but there are {len(labels)} labels")
+        dims = {k: dims_reader.get(k, int) for k in ("H", "W", "D")}
+        if version == LEGACY_FORMAT_VERSION and dims_reader.get("C", int) != len(spec.heads[0].labels):
+            raise r.fail("dims.C", f"is {dims_reader.data['C']} but there are {len(spec.heads[0].labels)} labels")
         graphs = {p: r.child("graphs").mapping(p, GraphEntry.parse) for p in r.child("graphs").data}
         engines = {p: r.child("engines", {}).mapping(p, EngineEntry.parse) for p in r.child("engines", {}).data}
         manifest = cls(
             crisis_tool_version=r.get("crisis_tool_version", str), created_utc=r.get("created_utc", str),
-            task=r.get("task", str), labels=tuple(labels), text_source=r.get("text_source", str),
+            spec=spec, text_source=r.get("text_source", str),
             preprocess=r.get("preprocess", dict), tokenizer=TokenizerEntry.parse(r.child("tokenizer")),
             dims=dims, precision=r.get("precision", str), max_batch=r.get("max_batch", int),
             opset=r.get("opset", int), graphs=graphs, engines=engines, parity=r.get("parity", dict, {}),
             validated=r.get("validated", dict, {}), forced=r.get("forced", bool, False),
             embeddings=r.get("embeddings", str, "unnormalized"), versions=r.get("versions", dict, {}),
-            calibration=r.get("calibration", str, None),
+            calibration=r.get("calibration", str, None), encoders=r.get("encoders", dict, {}),
             files=r.mapping("files", FileEntry.parse), format_version=version,
         )
         manifest._check_consistency(r)
         return manifest
 
     def _check_consistency(self, r: ManifestReader) -> None:
+        specs = self.spec.graphs()
         for section, table in (("graphs", self.graphs), ("engines", self.engines)):
             for precision, entries in table.items():
                 if precision not in PRECISIONS:
                     raise r.fail(f"{section}.{precision}", f"is not a precision ({', '.join(PRECISIONS)})")
-                unknown = sorted(set(entries) - set(GRAPHS))
+                unknown = sorted(set(entries) - set(specs))
                 if unknown:
                     raise r.fail(f"{section}.{precision}", f"names unknown graph(s) {', '.join(unknown)}")
         for precision, graphs in self.graphs.items():
             for name, entry in graphs.items():
-                if (entry.inputs, entry.outputs) != (GRAPHS[name].inputs, GRAPHS[name].outputs):
-                    raise r.fail(f"graphs.{precision}.{name}", "does not match the graph table's inputs/outputs")
+                if (entry.inputs, entry.outputs) != (specs[name].inputs, specs[name].outputs):
+                    raise r.fail(f"graphs.{precision}.{name}", "does not match the model spec's inputs/outputs")
         fp32 = self.graphs.get("fp32", {})
-        if set(fp32) != set(GRAPHS):
-            raise r.fail("graphs.fp32", f"must hold every graph ({', '.join(GRAPHS)})")
+        if set(fp32) != set(specs):
+            raise r.fail("graphs.fp32", f"must hold every graph ({', '.join(specs)})")
         if self.precision not in self.graphs:
             raise r.fail("precision", f"{self.precision!r} has no graphs")
         for rel in self.files:
@@ -251,12 +318,13 @@ class Manifest:
 
     # ------------------------------------------------------------------ writing
     def to_dict(self) -> dict[str, Any]:
+        """The manifest as JSON data, always in the current format (a format-2 manifest is re-written as 3)."""
         return {
-            "format_version": self.format_version, "crisis_tool_version": self.crisis_tool_version,
-            "created_utc": self.created_utc, "task": self.task, "labels": list(self.labels),
+            "format_version": FORMAT_VERSION, "crisis_tool_version": self.crisis_tool_version,
+            "created_utc": self.created_utc, "spec": self.spec.to_dict(),
             "text_source": self.text_source, "preprocess": self.preprocess, "tokenizer": self.tokenizer.to_dict(),
             "dims": dict(self.dims), "precision": self.precision, "max_batch": self.max_batch, "opset": self.opset,
-            "embeddings": self.embeddings,
+            "embeddings": self.embeddings, "encoders": self.encoders,
             "graphs": {p: {g: e.to_dict() for g, e in gs.items()} for p, gs in self.graphs.items()},
             "engines": {p: {g: e.to_dict() for g, e in es.items()} for p, es in self.engines.items()},
             "parity": self.parity, "validated": self.validated, "forced": self.forced, "versions": self.versions,
@@ -269,7 +337,7 @@ class Manifest:
 
     def with_file_table(self, root: Path) -> Manifest:
         """This manifest with `files` set to every file under `root` but the manifest and its digest."""
-        skip = {MANIFEST_NAME, MANIFEST_DIGEST_NAME}
+        skip = set(UNHASHED_NAMES)
         table = {}
         for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
             rel = path.relative_to(root).as_posix()
@@ -288,7 +356,7 @@ class Manifest:
     # ------------------------------------------------------------------ checking
     def referenced_files(self) -> list[str]:
         """Every bundle path the manifest names (graphs, engines, tokenizer vocabulary, model files)."""
-        refs = [self.tokenizer.vocab_file, HEAD_WEIGHTS_NAME, MODEL_CONFIG_NAME]
+        refs = [self.tokenizer.vocab_file, MODEL_CONFIG_NAME, *(h.weights for h in self.spec.heads)]
         refs += [e.file for gs in self.graphs.values() for e in gs.values()]
         refs += [e.file for es in self.engines.values() for e in es.values()]
         return list(dict.fromkeys(refs))
@@ -310,6 +378,11 @@ class Manifest:
                               f"{MANIFEST_DIGEST_NAME})")
         if not self.files:
             raise BundleError(f"{root}: manifest lists no files")
+        extra = unlisted_files(root, self.files)
+        if extra:  # a tool could load a file nobody hashed: refused, not just noted
+            more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+            raise BundleError(f"{root}: file {extra[0]}{more} is in the bundle but not in the manifest "
+                              "(unverified; remove it or re-export)")
         unlisted = [rel for rel in self.referenced_files() if rel not in self.files]
         if unlisted:
             raise BundleError(f"{root}: manifest names {unlisted[0]} but does not list it in 'files' (unverified)")
@@ -323,6 +396,16 @@ class Manifest:
                 raise BundleError(f"{root}: file {rel} cannot be read ({exc})") from None
             if altered:
                 raise BundleError(f"{root}: file {rel} was altered (sha256 does not match the manifest)")
+
+
+UNHASHED_NAMES = (MANIFEST_NAME, MANIFEST_DIGEST_NAME, MANIFEST_SIGNATURE_NAME)
+
+
+def unlisted_files(root: str | Path, files: dict[str, FileEntry]) -> list[str]:
+    """Files (and links, FIFOs, ...) under `root` that the manifest's file table does not list, sorted."""
+    root = Path(root)
+    found = (p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir() or p.is_symlink())
+    return sorted(rel for rel in found if rel not in files and rel not in UNHASHED_NAMES)
 
 
 def read_manifest_json(root: str | Path) -> Any:
@@ -344,8 +427,9 @@ def _no_constant(name: str) -> Any:
 
 
 __all__ = [
-    "ENGINE_DIR", "FORMAT_VERSION", "HEAD_WEIGHTS_NAME", "MANIFEST_DIGEST_NAME", "MANIFEST_NAME",
-    "MODEL_CONFIG_NAME", "TOKENIZER_DIR", "EngineEntry", "FileEntry", "GraphEntry", "Manifest", "TokenizerEntry",
+    "ENGINE_DIR", "FORMAT_VERSION", "HEAD_WEIGHTS_NAME", "LEGACY_FORMAT_VERSION", "MANIFEST_DIGEST_NAME",
+    "MANIFEST_NAME", "MODEL_CONFIG_NAME", "TOKENIZER_DIR", "EngineEntry", "FileEntry", "GraphEntry", "Manifest",
+    "TokenizerEntry",
     "canonical_digest", "engine_file_name", "graph_file_name", "read_manifest_json",
-    "sha256_file",
+    "sha256_file", "MANIFEST_SIGNATURE_NAME", "UNHASHED_NAMES", "unlisted_files",
 ]

@@ -1,5 +1,9 @@
 """Batched, torch-free prediction over records: one `Prediction` per input record, in input order.
 
+Every selected head (one per task of the bundle's model spec) runs on the same embeddings: the encoders run
+once per post whatever the number of tasks. A head's confidence is calibrated (softmax of logits / the
+head's temperature) and, where the bundle stores a review threshold, `needs_review` is set below it.
+
 Per batch (up to `max_batch` records): image files are read, hashed (sha256 of the bytes), decoded and
 preprocessed in a small thread pool while the previous batch runs on the backend; texts are composed
 (`record_text`, the bundle's text source), tokenized with each batch trimmed to its longest sequence and
@@ -26,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +43,7 @@ from crisis_tool.runtime.batching import EmbeddingCache, RecordQueue
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.file_guard import UnsafeFileError, read_capped
 from crisis_tool.runtime.image_decode import ImageLimits, check_decode_mode
+from crisis_tool.runtime.model_spec import HeadSpec
 from crisis_tool.runtime.preprocess import PreprocessConfig, load_preprocessed
 from crisis_tool.runtime.record_text import record_text
 from crisis_tool.runtime.records import Record, RecordError
@@ -51,18 +56,75 @@ TIMING_KEYS = ("decode_preprocess", "tokenize", "image_encoder", "text_encoder",
 
 
 @dataclass(frozen=True)
+class TaskPrediction:
+    """One head's answer: label, calibrated confidence and probabilities (label order), review flag."""
+
+    label: str
+    confidence: float
+    probs: dict[str, float]
+    needs_review: bool | None = None  # None: the bundle stores no review threshold for this head
+
+
+@dataclass(frozen=True)
 class Prediction:
-    """The output for one record: label/confidence/probs, or `error` (then label and confidence are None)."""
+    """The output for one record: one `TaskPrediction` per selected head, or `error` (then `tasks` is empty)."""
 
     id: str | None
-    label: str | None
-    confidence: float | None
-    probs: dict[str, float] = field(default_factory=dict)
+    tasks: dict[str, TaskPrediction] = field(default_factory=dict)
     error: str | None = None
+    group: str | None = None  # near-duplicate group id (the first record id of its group)
+    duplicate_of: str | None = None
 
     @classmethod
     def failed(cls, rid: str | None, error: str) -> Prediction:
-        return cls(rid, None, None, {}, error)
+        return cls(rid, {}, error)
+
+    def _first(self) -> TaskPrediction | None:
+        return next(iter(self.tasks.values()), None)
+
+    @property
+    def label(self) -> str | None:
+        """The first head's label (the only one of a one-head bundle)."""
+        first = self._first()
+        return first.label if first else None
+
+    @property
+    def confidence(self) -> float | None:
+        first = self._first()
+        return first.confidence if first else None
+
+    @property
+    def probs(self) -> dict[str, float]:
+        first = self._first()
+        return dict(first.probs) if first else {}
+
+    @property
+    def needs_review(self) -> bool:
+        """True when any head flags the post for a person."""
+        return any(bool(t.needs_review) for t in self.tasks.values())
+
+    @property
+    def min_confidence(self) -> float | None:
+        """The lowest confidence over the heads (the review queue's sort key)."""
+        return min((t.confidence for t in self.tasks.values()), default=None)
+
+
+def calibrated_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits / temperature) per row, in float64 for the division, returned as float32."""
+    z = np.asarray(logits, np.float64) / float(temperature)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def task_prediction(head: HeadSpec, logits: np.ndarray, probs: np.ndarray) -> TaskPrediction:
+    """One record's answer from one head: its raw logits and graph probabilities, calibrated here."""
+    p = probs if head.temperature == 1.0 else calibrated_probs(logits[None, :], head.temperature)[0]
+    best = int(np.argmax(p))
+    confidence = float(p[best])
+    review = None if head.review_threshold is None else confidence < head.review_threshold
+    return TaskPrediction(head.labels[best], confidence,
+                          {label: float(v) for label, v in zip(head.labels, p, strict=True)}, review)
 
 
 @dataclass
@@ -90,11 +152,15 @@ class Predictor:
         workers: int | None = None,
         image_limits: ImageLimits | None = None,
         decode: str = "exact",
+        tasks: str | Sequence[str] | None = None,
     ) -> None:
         self.bundle = bundle
         self.backend = backend
         self.max_batch = max(1, int(max_batch))
-        self.labels = bundle.labels
+        self.spec = bundle.spec
+        self.heads = self.spec.select(tasks)
+        self.tasks = tuple(h.task for h in self.heads)
+        self.labels = list(self.heads[0].labels)
         self.text_source = bundle.text_source
         self.tokenizer = ClipTokenizer.from_config(bundle.tokenizer_config, bundle.root)
         self.preprocess = PreprocessConfig.from_dict(bundle.preprocess_config)
@@ -120,16 +186,18 @@ class Predictor:
         threads: int | None = None,
         verify: bool = True,
         backend_options: Mapping[str, Any] | None = None,
+        pubkey: str | Path | None = None,
         **options: Any,
     ) -> Predictor:
         """Load (and verify) a bundle and its backend; `cold_start_s` records how long that took.
 
         `backend_options` go to the backend as keyword options (e.g. {"device": "GPU"} for openvino); None
         values count as not given, and an option the backend does not take is a UsageError. `options` go to
-        the Predictor (`image_limits`, `decode`, ...).
+        the Predictor (`image_limits`, `decode`, ...). With `pubkey` the bundle must be signed by that key.
         """
         start = time.perf_counter()
-        bundle = Bundle.load(path, verify=verify)
+        bundle = Bundle.load(path, verify=verify, pubkey=pubkey)
+        bundle.spec.select(options.get("tasks"))  # an unknown --tasks is a usage error before any session loads
         engine = create_backend(backend, bundle, precision=precision, providers=providers, threads=threads,
                                 **dict(backend_options or {}))
         limit = engine.max_batch  # e.g. a TensorRT engine's fixed profile
@@ -303,14 +371,15 @@ class Predictor:
         if ok:
             image_embeds = self._image_embeddings([shas[i] for i in ok], batch, timings)
             text_embeds = np.stack([text_rows[i] for i in ok])
-            start = time.perf_counter()
-            _, probs = self.backend.run_head(image_embeds, text_embeds)
-            self._add(timings, "head", start)
+            answers: list[dict[str, TaskPrediction]] = [{} for _ in ok]
+            for head in self.heads:
+                start = time.perf_counter()
+                logits, probs = self.backend.run_head(image_embeds, text_embeds, head.task)
+                self._add(timings, "head", start)
+                for row in range(len(ok)):
+                    answers[row][head.task] = task_prediction(head, logits[row], probs[row])
             for row, i in enumerate(ok):
-                p = probs[row]
-                best = int(np.argmax(p))
-                out[i] = Prediction(batch.items[i].id, self.labels[best], float(p[best]),
-                                    {label: float(v) for label, v in zip(self.labels, p, strict=True)})
+                out[i] = Prediction(batch.items[i].id, answers[row])
         return out  # type: ignore[return-value]
 
     def _add(self, timings: dict[str, float], key: str, start: float) -> None:

@@ -1,7 +1,9 @@
 """JSONL prediction output: one line per input record, in input order.
 
-Each line: ``{"id", "label", "confidence", "probs": {label: prob}, "error": null | message}``; a failed
-record has ``label``/``confidence`` null, ``probs`` {} and its error message.
+Each line (see README "Output schema"):
+``{"id", "tasks": {task: {"label", "confidence", "probs": {label: prob}, "needs_review"}}, "needs_review",
+"group", "duplicate_of", "error": null | message}``. A one-head bundle also keeps that head's ``label``,
+``confidence`` and ``probs`` at the top level. A failed record has ``tasks`` {} (and null label/confidence).
 """
 
 from __future__ import annotations
@@ -18,15 +20,26 @@ from crisis_tool.runtime.atomic_files import atomic_output
 from crisis_tool.runtime.errors import UsageError
 
 
-def prediction_to_dict(pred: Any) -> dict[str, Any]:
-    """The output object of one `Prediction` (anything with id/label/confidence/probs/error)."""
-    return {
-        "id": pred.id,
-        "label": pred.label,
-        "confidence": None if pred.confidence is None else float(pred.confidence),
-        "probs": {k: float(v) for k, v in (pred.probs or {}).items()},
-        "error": pred.error,
-    }
+def task_to_dict(answer: Any) -> dict[str, Any]:
+    """One head's answer (a `TaskPrediction`) as JSON data."""
+    return {"label": answer.label, "confidence": float(answer.confidence),
+            "probs": {k: float(v) for k, v in answer.probs.items()}, "needs_review": answer.needs_review}
+
+
+def prediction_to_dict(pred: Any, one_head: bool | None = None) -> dict[str, Any]:
+    """The output object of one `Prediction`.
+
+    `one_head` adds the top-level label/confidence/probs of the only head (default: when the prediction has
+    at most one task; an error line of a one-head bundle keeps them as null).
+    """
+    tasks = {task: task_to_dict(answer) for task, answer in (pred.tasks or {}).items()}
+    out: dict[str, Any] = {"id": pred.id}
+    if one_head if one_head is not None else len(tasks) <= 1:
+        out |= {"label": pred.label, "confidence": None if pred.confidence is None else float(pred.confidence),
+                "probs": {k: float(v) for k, v in (pred.probs or {}).items()}}
+    out |= {"tasks": tasks, "needs_review": bool(pred.needs_review), "group": pred.group,
+            "duplicate_of": pred.duplicate_of, "error": pred.error}
+    return out
 
 
 class JsonlWriter:
@@ -38,8 +51,9 @@ class JsonlWriter:
     stream is written as it goes; `flush()` after each batch. Write errors (ENOSPC, EPIPE) are UsageErrors.
     """
 
-    def __init__(self, target: str | Path, keep_partial: bool = False) -> None:
+    def __init__(self, target: str | Path, keep_partial: bool = False, one_head: bool | None = None) -> None:
         self.target = str(target)
+        self.one_head = one_head  # a one-head bundle's lines keep top-level label/confidence/probs
         self.count = 0
         self.errors = 0
         self.partial_path: Path | None = None
@@ -77,9 +91,11 @@ class JsonlWriter:
         name = "<stdout>" if self.target == "-" else self.target
         return UsageError(f"cannot write {name}: {exc.strerror or exc}")
 
-    def write(self, pred: Any) -> None:
+    def write(self, pred: Any, extra: dict[str, Any] | None = None) -> None:
+        """Write one prediction's line (`extra` fields, e.g. the record's text for a review queue, appended)."""
+        line = prediction_to_dict(pred, self.one_head) | (extra or {})
         try:
-            self._fh.write(json.dumps(prediction_to_dict(pred), ensure_ascii=False) + "\n")
+            self._fh.write(json.dumps(line, ensure_ascii=False) + "\n")
         except OSError as exc:
             raise self._failed(exc) from None
         self.count += 1

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytest_plugins = ["skip_guard"]  # a skip for missing ../shared data or Ray fails where they exist
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_SPLITS = REPO_ROOT.parent / "shared" / "data" / "crisismmd_real" / "settingA"
 

@@ -8,12 +8,13 @@ with the lean install.
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
-import warnings
+from importlib import metadata
 
 import typer
+from typer.core import TyperOption
 
+from crisis_tool.run_messages import once_per_run
 from crisis_tool.runtime.errors import CrisisToolError
 from crisis_tool.runtime.interrupts import EXIT_INTERRUPTED, report_interrupt
 
@@ -21,12 +22,16 @@ COMMAND_MODULES = (
     "data_cmds",
     "train_cmds",
     "export_cmds",
+    "sign_cmds",
     "predict_cmd",
     "bench_cmd",
     "caption_cmd",
     "reproduce_cmd",
     "demo_cmd",
     "serve_cmds",
+    "review_cmd",
+    "env_cmd",
+    "check_data_cmd",
 )
 
 app = typer.Typer(
@@ -37,23 +42,57 @@ app = typer.Typer(
     add_completion=False,
 )
 
+_typer_display_type = TyperOption.display_type_rich
+
+
+def _flag_without_metavar(self: TyperOption, ctx):  # noqa: ANN001, ANN202 - Typer's own signature
+    """A flag takes no value: help shows `--wide` or `--peak/--no-peak`, never `--wide <bool>`."""
+    return None if self.is_flag else _typer_display_type(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_without_metavar  # type: ignore[method-assign]
+
+
+def version() -> str:
+    """The installed crisis-tool version."""
+    try:
+        return metadata.version("crisis-tool")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"crisis-tool {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                      help="Print the version and exit."),
+) -> None:
+    """Train, export (ONNX/TensorRT), run and benchmark the multimodal crisis-tweet classifier.
+
+    New machine? `crisis-tool env` says what it can run and what to install.
+    """
+
+
 for _name in COMMAND_MODULES:
     importlib.import_module(f"crisis_tool.commands.{_name}").register(app)
-
-
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
-    return f"warning: {message}\n"
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI in-process and return its exit code (tests use this).
 
     User errors (`CrisisToolError`) become one line on stderr and their exit code, never a traceback;
-    warnings and log records become one `warning: ...` line each.
+    warnings and log records become one `warning: ...` line each, each distinct one once per run.
     """
-    warnings.formatwarning = _one_line_warning
-    if not logging.root.handlers:
-        logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING)
+    with once_per_run():
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         app(args=argv, prog_name="crisis-tool")
     except SystemExit as exc:

@@ -19,7 +19,9 @@ from torch import nn
 from crisis_tool.runtime.backends.base import Backend, reject_options
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import BundleError, UsageError
-from crisis_tool.runtime.manifest import HEAD_WEIGHTS_NAME, MODEL_CONFIG_NAME
+from crisis_tool.runtime.manifest import MODEL_CONFIG_NAME
+from crisis_tool.runtime.model_spec import ModelSpec
+from crisis_tool.runtime.run_config import run_config_heads
 
 
 class TorchBackend(Backend):
@@ -29,12 +31,15 @@ class TorchBackend(Backend):
     precision = "fp32"
 
     def __init__(
-        self, clip_model: nn.Module, head: nn.Module, context_length: int = 77, device: str = "cpu",
-        files: list[Path] | None = None,
+        self, clip_model: nn.Module, heads: nn.Module | dict[str, nn.Module], context_length: int = 77,
+        device: str = "cpu", files: list[Path] | None = None, spec: ModelSpec | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.clip_model = clip_model.to(self.device).eval()
-        self.head = head.to(self.device).eval()
+        named = heads if isinstance(heads, dict) else {"head": heads}
+        self.heads = {task: head.to(self.device).eval() for task, head in named.items()}
+        self.head = next(iter(self.heads.values()))
+        self.spec = spec
         self.context_length = int(context_length)
         self.provider = f"torch-{self.device.type}"
         self._files = list(files or [])
@@ -59,14 +64,18 @@ class TorchBackend(Backend):
             torch.set_num_threads(int(threads))
         config = bundle.run_config()
         clip = load_recorded_clip(config["clip"], bundle.root)
-        head = build_head(HeadConfig.from_dict(config["head"]))
-        weights = bundle.path(HEAD_WEIGHTS_NAME)
-        try:
-            head.load_state_dict(load_file(str(weights)))
-        except Exception as exc:  # noqa: BLE001 - corrupt or mismatched safetensors: one line
-            raise BundleError(f"{weights}: cannot load the head weights ({str(exc).splitlines()[0]})") from None
-        return cls(clip.model, head, clip.context_length, torch_device(device),
-                   files=[weights, bundle.path(MODEL_CONFIG_NAME)])
+        configs = {h["task"]: h["head"] for h in run_config_heads(config, str(bundle.path(MODEL_CONFIG_NAME)))}
+        heads, files = {}, [bundle.path(MODEL_CONFIG_NAME)]
+        for spec_head in bundle.spec.heads:
+            head = build_head(HeadConfig.from_dict(configs[spec_head.task]))
+            weights = bundle.path(spec_head.weights)
+            try:
+                head.load_state_dict(load_file(str(weights)))
+            except Exception as exc:  # noqa: BLE001 - corrupt or mismatched safetensors: one line
+                raise BundleError(f"{weights}: cannot load the head weights ({str(exc).splitlines()[0]})") from None
+            heads[spec_head.task] = head
+            files.append(weights)
+        return cls(clip.model, heads, clip.context_length, torch_device(device), files=files, spec=bundle.spec)
 
     def files(self) -> list[Path]:
         """The bundle files it runs (the CLIP weights come from the machine's cache, not the bundle)."""
@@ -91,9 +100,13 @@ class TorchBackend(Backend):
         return self.clip_model.encode_text(self._tensor(ids)).float().cpu().numpy()
 
     @torch.no_grad()
-    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        if task is not None and task not in self.heads:
+            raise UsageError(f"unknown task {task!r}: the reference has heads {', '.join(self.heads)}")
+        head = self.heads[task] if task is not None else self.head
         image = self._tensor(image_embeds.astype(np.float32, copy=False))
-        logits = self.head(image, self._tensor(text_embeds.astype(np.float32, copy=False)))
+        logits = head(image, self._tensor(text_embeds.astype(np.float32, copy=False)))
         return logits.cpu().numpy(), torch.softmax(logits, dim=-1).cpu().numpy()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from torch import nn
 
 from crisis_tool import __version__
 from crisis_tool.clip_loader import load_clip
-from crisis_tool.data.crisismmd import TaskSpec, load_split
+from crisis_tool.data.crisismmd import TaskSpec, available_splits, load_split
 from crisis_tool.data.llava_text import read_llava_file
 from crisis_tool.features import EncodedSplit, FeatureCache
 from crisis_tool.metrics import classification_report
@@ -102,40 +103,150 @@ def fit_head(cfg: HeadConfig, train: EncodedSplit, dev: EncodedSplit, classes: l
     return head.eval(), history
 
 
-def train(data: Path, task: TaskSpec, out: Path, opts: TrainOptions, clip_model: str = DEFAULT_CLIP_MODEL,
-          pretrained: str = DEFAULT_PRETRAINED, llava_file: Path | None = None, cache_dir: Path = DEFAULT_CACHE,
-          log=print) -> dict:
-    """Encode (cached) and train; writes the run dir and returns its metrics."""
+def calibrate_head(head: nn.Module, dev: EncodedSplit, review_precision: float = 0.9,
+                   review_threshold: float | None = None) -> dict:
+    """Fit the head's temperature on dev (NLL) and choose its review threshold there.
+
+    The threshold is `review_threshold` when given, else the lowest calibrated dev confidence at which the
+    accepted dev posts reach `review_precision` (`choose_review_threshold`).
+    """
+    from crisis_tool.calibration_fit import calibration_report, fit_temperature
+    from crisis_tool.runtime.triage.calibration import softmax
+    from crisis_tool.runtime.triage.review_threshold import check_review_threshold, choose_review_threshold
+
+    logits = predict_logits(head, dev.image_embeds, dev.text_embeds)
+    if len(dev.labels) == 0:
+        return {"temperature": 1.0, "review_threshold": review_threshold, "dev": None}
+    temperature = fit_temperature(logits, dev.labels)
+    probs = softmax(logits, temperature)
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == dev.labels
+    if review_threshold is not None:
+        threshold = check_review_threshold(review_threshold)
+    else:
+        threshold = choose_review_threshold(confidence, correct, review_precision)
+    return {"temperature": round(temperature, 6), "review_threshold": round(float(threshold), 6),
+            "dev": calibration_report(logits, dev.labels, temperature).to_dict()}
+
+
+def split_report(head: nn.Module, split: EncodedSplit, classes: list[str], calibration: dict) -> dict:
+    """Task metrics of a head on a split, with ECE/NLL before and after calibration and review stats."""
+    from crisis_tool.calibration_fit import calibration_report
+    from crisis_tool.runtime.triage.calibration import softmax
+    from crisis_tool.runtime.triage.review_threshold import review_stats
+
+    report = evaluate_head(head, split, classes)
+    if len(split.labels):
+        logits = predict_logits(head, split.image_embeds, split.text_embeds)
+        cal = calibration_report(logits, split.labels, calibration["temperature"])
+        report |= {"temperature": cal.temperature, "ece": cal.ece_after, "ece_uncalibrated": cal.ece_before,
+                   "nll": cal.nll_after, "nll_uncalibrated": cal.nll_before}
+        if calibration.get("review_threshold") is not None:
+            probs = softmax(logits, calibration["temperature"])
+            stats = review_stats(probs.max(axis=1), probs.argmax(axis=1) == split.labels,
+                                 calibration["review_threshold"])
+            report["review"] = {"threshold": stats.threshold, "share_flagged": stats.share_flagged,
+                                "unflagged_accuracy": stats.unflagged_accuracy, "flagged": stats.flagged}
+    return report
+
+
+def train(data: Path, task: TaskSpec | list[TaskSpec], out: Path, opts: TrainOptions,
+          clip_model: str = DEFAULT_CLIP_MODEL, pretrained: str = DEFAULT_PRETRAINED,
+          llava_file: Path | None = None, cache_dir: Path = DEFAULT_CACHE, log=print,
+          corrections: list[Path] | None = None) -> dict:
+    """Encode (cached, once per unique image and text for every task) and train one head per task.
+
+    Each head trains on its own task's train split, stops early on its own dev split, is calibrated there
+    (temperature and review threshold), and is reported on its dev and (when present) test split. Human
+    labels from `corrections` files replace the split labels by (id, task).
+    """
+    tasks = task if isinstance(task, list) else [task]
     if opts.text_source not in TEXT_SOURCES:
         raise UsageError(f"unknown --text {opts.text_source!r} (choose from {', '.join(TEXT_SOURCES)})")
     check_writable_dir(out, "--out")  # fail now, not after the last epoch
     check_writable_dir(cache_dir, "--cache-dir")
+    human = read_corrections(corrections) if corrections else None
+    splits = {t.name: {s: load_split(data, t, s, opts.splits) for s in available_splits(data, t, opts.splits)}
+              for t in tasks}
+    for t in tasks:
+        for needed in ("train", "dev"):
+            if needed not in splits[t.name]:
+                raise UsageError(f"{data}: no {needed} split for task {t.name} ({opts.splits})")
     clip = load_clip(clip_model, pretrained)
     llava = read_llava_file(llava_file) if llava_file else None
     cache = FeatureCache(cache_dir, clip, log=log)
-    classes = list(task.classes)
-    encoded = {}
-    for split in ("train", "dev"):
-        examples = load_split(data, task, split, opts.splits)
-        encoded[split] = cache.encode_split(data, examples, opts.text_source, llava, classes, opts.skip_bad)
-        report_data_issues(split, encoded[split], opts.text_source, log)
-    cfg = HeadConfig(num_classes=len(classes), clip_embed_dim=clip.embed_dim, head=opts.head, modality=opts.modality)
-    head, history = fit_head(cfg, encoded["train"], encoded["dev"], classes, opts, log)
-    metrics = {"dev": evaluate_head(head, encoded["dev"], classes), "history": history,
-               "n_train": len(encoded["train"].labels)}
+    heads, entries, per_task = {}, [], {}
+    for t in tasks:
+        classes = list(t.classes)
+        encoded = {}
+        merge_note = None
+        for split, examples in splits[t.name].items():
+            if human is not None and split in ("train", "dev"):
+                examples, used, changed = apply_corrections(examples, t.name, classes, human)
+                merge_note = (merge_note or {"used": 0, "changed": 0})
+                merge_note["used"] += used
+                merge_note["changed"] += changed
+            encoded[split] = cache.encode_split(data, examples, opts.text_source, llava, classes, opts.skip_bad)
+            report_data_issues(f"{t.name} {split}", encoded[split], opts.text_source, log)
+        check_llava_coverage(t.name, encoded["train"], opts.text_source)
+        if merge_note is not None:
+            log(f"{t.name}: human labels: {merge_note['used']} used, {merge_note['changed']} changed")
+        cfg = HeadConfig(num_classes=len(classes), clip_embed_dim=clip.embed_dim, head=opts.head,
+                         modality=opts.modality)
+        log(f"training the {t.name} head ({len(encoded['train'].labels)} train, {len(encoded['dev'].labels)} dev)")
+        head, history = fit_head(cfg, encoded["train"], encoded["dev"], classes, opts, log)
+        calibration = calibrate_head(head, encoded["dev"], opts.review_precision, opts.review_threshold)
+        reports = {split: split_report(head, enc, classes, calibration) for split, enc in encoded.items()
+                   if split != "train"}
+        per_task[t.name] = {**reports, "calibration": calibration, "history": history,
+                            "n_train": len(encoded["train"].labels), **({"human_labels": merge_note}
+                                                                         if merge_note else {})}
+        heads[t.name] = head
+        entries.append({"task": t.name, "labels": classes, "head": cfg.to_dict(),
+                        "temperature": calibration["temperature"],
+                        "review_threshold": calibration["review_threshold"]})
+    first = per_task[tasks[0].name]
+    metrics = {"tasks": per_task, "dev": first["dev"], "history": first["history"], "n_train": first["n_train"]}
     config = {
         "crisis_tool_version": __version__,
-        "task": task.name,
-        "labels": classes,
+        "heads": entries,
         "text_source": opts.text_source,
-        "head": cfg.to_dict(),
         "clip": clip.describe(),
         "preprocess": clip.preprocess.to_dict(),
-        "training": dict(vars(opts)),
-        "data": {"root": str(data), "splits": opts.splits, "llava_file": str(llava_file) if llava_file else None},
+        "training": {k: v for k, v in vars(opts).items()},
+        "data": {"root": str(data), "splits": opts.splits, "llava_file": str(llava_file) if llava_file else None,
+                 "corrections": [str(c) for c in corrections or []]},
     }
-    save_run(out, head, config, metrics)
+    save_run(out, heads, config, metrics)
     return metrics
+
+
+def check_llava_coverage(task: str, train_split: EncodedSplit, text_source: str) -> None:
+    """UsageError when a LLaVA text recipe found no caption for any training record."""
+    n = len(train_split.labels)
+    if text_source != "tweet" and n and train_split.missing_llava >= n:
+        raise UsageError(f"--text {text_source}: no LLaVA caption was found for any of the {n} {task} training "
+                         "records; pass --llava-file (as `crisis-tool caption` writes) or use --text tweet")
+
+
+def read_corrections(paths: list[Path]) -> list:
+    """Every decision of the corrections files, in order (a later file's decision wins)."""
+    from crisis_tool.corrections import read_corrections_files
+
+    return read_corrections_files(paths)
+
+
+def apply_corrections(examples: list, task: str, classes: list[str], corrections: list) -> tuple[list, int, int]:
+    """(examples with the human labels of `task` laid over theirs by id, how many were used, how many changed).
+
+    A decision naming a label this task does not have is a one-line DataError naming its file and line.
+    """
+    from crisis_tool.corrections import merge_corrections
+
+    mine = [c for c in corrections if c.task == task]
+    labels = {(str(ex.image_id), task): ex.label for ex in examples}
+    result = merge_corrections(labels, mine, {task: classes})
+    out = [replace(ex, label=result.merged[(str(ex.image_id), task)]) for ex in examples]
+    return out, result.used, result.changed
 
 
 def report_data_issues(split: str, enc: EncodedSplit, text_source: str, log=print) -> None:

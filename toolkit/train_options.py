@@ -31,6 +31,8 @@ class TrainOptions:
     seed: int = 0
     skip_bad: bool = False
     splits: str = "settingA"
+    review_precision: float = 0.9  # the dev precision the accepted posts must reach (the review threshold)
+    review_threshold: float | None = None  # a fixed review threshold instead
 
 
 TRAIN_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainOptions)}

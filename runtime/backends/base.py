@@ -1,7 +1,8 @@
-"""The backend interface: a bundle's three graphs behind one class that declares every hook, with defaults.
+"""The backend interface: a bundle's graphs behind one class that declares every hook, with defaults.
 
-A backend runs the image encoder, the text encoder and the fusion head (`run_head`) of a bundle on numpy
-arrays. The optional hooks have working defaults, so a new backend overrides only what it has:
+A backend runs the image encoder, the text encoder and each task's fusion head (`run_head(..., task)`) of a
+bundle on numpy arrays; which graphs exist comes from the bundle's model spec. The optional hooks have
+working defaults, so a new backend overrides only what it has:
 `max_batch` (a fixed engine profile), `unavailable_reason()` (a missing package or GPU, asked before loading),
 `bundle_unavailable_reason()` (the bundle lacks this backend's files for a precision),
 `from_bundle()` (how it is built; the options it declares are what `takes_option` answers, and any other
@@ -78,8 +79,9 @@ class Backend(ABC):
         """int64 [B,L] (L <= context length) -> text embeddings float32 [B,D]."""
 
     @abstractmethod
-    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Fusion head: embeddings [B,D] x2 -> (logits [B,C], probs [B,C])."""
+    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Task `task`'s fusion head (None: the first head): embeddings [B,D] x2 -> (logits [B,C], probs [B,C])."""
 
     def synchronize(self) -> None:  # noqa: B027 - optional hook, nothing to wait for on the CPU
         """Wait until queued device work is done (bench stops its clock after this). CPU backends: no-op."""

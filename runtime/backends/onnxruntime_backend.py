@@ -3,6 +3,10 @@
 Providers are chosen by what actually works: TensorRT EP, then CUDA EP, then CPU (or `providers=[...]`).
 onnxruntime-gpu lists TensorRT/CUDA as available even on a machine without a GPU and then quietly runs on CPU,
 so the provider reported as `.provider` is always read back from `session.get_providers()`.
+
+Warm start: on the CPU provider each graph's optimised model is saved once in the user cache
+(`user_cache`, `onnxruntime/<graph sha256>-ort<version>-<cpu>.onnx`, written atomically) and later loads read
+it with graph optimisation off. `CRISIS_TOOL_CACHE_DIR=off` turns this off.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +24,10 @@ import onnxruntime as ort
 
 from crisis_tool.runtime.backends.base import Backend, reject_options
 from crisis_tool.runtime.backends.peak_probe import PeakProbe, onnxruntime_probe
+from crisis_tool.runtime.backends.user_cache import cache_dir, cpu_key, graph_digest
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import BundleError, UsageError
-from crisis_tool.runtime.graph_table import GRAPHS, HEAD, IMAGE_ENCODER, TEXT_ENCODER, check_signature
+from crisis_tool.runtime.model_spec import IMAGE_GRAPH, TEXT_GRAPH, check_signature
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,52 @@ def _make_session(path: str, options: Any, providers: list[str]) -> Any:
         ort.set_default_logger_severity(2)
 
 
+def session_options(threads: int | None, optimize: bool = True, save_to: Path | None = None) -> Any:
+    """The backend's SessionOptions: `threads` intra-op threads, full graph optimisation (or none, for a model
+    that is already optimised), and `save_to`: where onnxruntime writes the optimised model."""
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    level = ort.GraphOptimizationLevel
+    options.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
+    if save_to is not None:
+        options.optimized_model_filepath = str(save_to)
+    return options
+
+
+def _gpu_device_present() -> bool:
+    return any(Path(p).exists() for p in ("/dev/nvidia0", "/dev/nvhost-ctrl", "/dev/dxg"))
+
+
+def optimized_model_cache(requested: list[str], explicit: bool) -> Path | None:
+    """The warm-start folder for optimised CPU models, or None: the cache is off, or a GPU provider may run
+    (onnxruntime only saves optimised models that the CPU provider alone runs)."""
+    cpu_only = requested == ["CPUExecutionProvider"] or (not explicit and not _gpu_device_present())
+    return cache_dir("onnxruntime") if cpu_only else None
+
+
+def cached_session(folder: Path, bundle: Bundle, path: Path, threads: int | None, providers: list[str]) -> Any:
+    """A CPU session of `path` from its optimised copy in `folder` (keyed by the graph's sha256, onnxruntime's
+    version and the CPU), made and saved atomically on the first load. Loading the saved copy skips graph
+    optimisation: that is the warm start."""
+    name = f"{graph_digest(bundle, path)[:32]}-ort{ort.__version__}-{cpu_key()}.onnx"
+    saved = folder / name
+    if saved.is_file():
+        try:
+            return _make_session(str(saved), session_options(threads, optimize=False), ["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - a damaged cache entry: rebuild it below
+            saved.unlink(missing_ok=True)
+    scratch = folder / f".{name}.{os.getpid()}.partial"
+    try:
+        session = _make_session(str(path), session_options(threads, save_to=scratch), providers)
+        if list(session.get_providers()) == ["CPUExecutionProvider"] and scratch.is_file():
+            os.replace(scratch, saved)
+        return session
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
 class OnnxRuntimeBackend(Backend):
     """Runs the bundle's ONNX graphs with ONNX Runtime; thread-safe (InferenceSession.run is)."""
 
@@ -72,22 +124,24 @@ class OnnxRuntimeBackend(Backend):
         if unknown:
             raise UsageError(f"unknown onnxruntime provider(s) {', '.join(unknown)}")
         self.requested_providers = requested
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.threads = threads
+        options = session_options(threads)
+        cache = optimized_model_cache(requested, bool(providers)) if session_factory is None else None
         factory = session_factory or _make_session
         self.sessions: dict[str, Any] = {}
         active = requested
-        self.paths = {graph: bundle.graph_path_or_fp32(graph, self.precision) for graph in GRAPHS}
+        self.spec = bundle.spec
+        self.paths = {graph: bundle.graph_path_or_fp32(graph, self.precision) for graph in self.spec.graph_names}
         for graph, path in self.paths.items():
             try:
-                session = factory(str(path), options, active)
+                if cache is not None:
+                    session = cached_session(cache, bundle, path, threads, active)
+                else:
+                    session = factory(str(path), options, active)
             except Exception as exc:  # noqa: BLE001 - ORT raises plain RuntimeError/Fail subclasses
                 raise BundleError(f"{path}: onnxruntime cannot load this graph ({exc})") from exc
             # A replaced graph with other names or widths is refused here, before any record is read.
-            check_signature(graph, [(i.name, i.shape) for i in session.get_inputs()],
+            check_signature(self.spec.graph(graph), [(i.name, i.shape) for i in session.get_inputs()],
                             [(o.name, o.shape) for o in session.get_outputs()], bundle.dims, str(path))
             # The first session tells which providers really work; the others reuse that answer.
             active = list(session.get_providers())
@@ -119,8 +173,8 @@ class OnnxRuntimeBackend(Backend):
         return list(dict.fromkeys(self.paths.values()))
 
     def peak_probe(self) -> PeakProbe | None:
-        session = next(iter(self.sessions.values()))  # its SessionOptions: the same threads and optimisation
-        return onnxruntime_probe(self.provider, session.get_session_options(), self.precision)
+        # the same threads and optimisation as the sessions (a warm-start session's own options skip optimising)
+        return onnxruntime_probe(self.provider, session_options(self.threads), self.precision)
 
     def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         types = self._input_types[graph]
@@ -128,16 +182,16 @@ class OnnxRuntimeBackend(Backend):
         return self.sessions[graph].run(None, feeds)
 
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
-        (name,) = GRAPHS[IMAGE_ENCODER].input_names
-        return np.asarray(self._run(IMAGE_ENCODER, {name: pixel_values})[0], dtype=np.float32)
+        return np.asarray(self._run(IMAGE_GRAPH.name, IMAGE_GRAPH.feeds(pixel_values))[0], dtype=np.float32)
 
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        (name,) = GRAPHS[TEXT_ENCODER].input_names
-        return np.asarray(self._run(TEXT_ENCODER, {name: input_ids})[0], dtype=np.float32)
+        return np.asarray(self._run(TEXT_GRAPH.name, TEXT_GRAPH.feeds(input_ids))[0], dtype=np.float32)
 
-    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        feeds = dict(zip(GRAPHS[HEAD].input_names, (image_embeds, text_embeds), strict=True))
-        logits, probs = self._run(HEAD, feeds)[:2]  # output order is checked against the graph table
+    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        head = self.spec.head(task) if task else self.spec.heads[0]
+        graph = head.graph_spec()
+        logits, probs = self._run(graph.name, graph.feeds(image_embeds, text_embeds))[:2]  # order checked on load
         return np.asarray(logits, dtype=np.float32), np.asarray(probs, dtype=np.float32)
 
     def close(self) -> None:

@@ -13,7 +13,9 @@ Options (`create_backend(..., **options)`): `device` CPU (default), GPU, NPU or 
 threads); `inference_precision` f32|bf16|f16, which overrides the second half of the pair (e.g. int8 graphs
 with bf16 for the rest). The device(s) really executing are read back from the compiled model and reported as
 `.provider` (for AUTO, the device it chose), as onnxruntime reports its providers. Thread-safe: each call takes
-an InferRequest from a per-graph pool (created on demand), so concurrent calls never share one.
+an InferRequest from a per-graph pool (created on demand), so concurrent calls never share one. Warm start:
+compiled models are cached in the user cache (`openvino/`, OpenVINO's CACHE_DIR, keyed by model, device and
+config; `CRISIS_TOOL_CACHE_DIR=off` turns it off).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import numpy as np
 
 from crisis_tool.runtime.backends.base import Backend, reject_options
 from crisis_tool.runtime.backends.peak_probe import PeakProbe, openvino_probe
+from crisis_tool.runtime.backends.user_cache import cache_dir
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import BundleError, MissingDependencyError, UsageError
-from crisis_tool.runtime.graph_table import GRAPHS, HEAD, IMAGE_ENCODER, TEXT_ENCODER, check_signature
+from crisis_tool.runtime.model_spec import IMAGE_ENCODER, IMAGE_GRAPH, TEXT_GRAPH, GraphSpec, check_signature
 
 # precision -> (bundle graph precision, OpenVINO INFERENCE_PRECISION_HINT)
 PRECISION_MODES: dict[str, tuple[str, str]] = {
@@ -89,8 +92,7 @@ def _message(exc: Exception) -> str:
 class _CompiledGraph:
     """One compiled graph with a pool of idle InferRequests; `run` may be called from several threads."""
 
-    def __init__(self, compiled: Any, graph: str) -> None:
-        spec = GRAPHS[graph]
+    def __init__(self, compiled: Any, spec: GraphSpec) -> None:
         self.compiled = compiled
         self.input_names = spec.input_names
         self.output_names = spec.output_names
@@ -147,21 +149,27 @@ class OpenVinoBackend(Backend):
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint}
         if threads and self.device.startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self._paths = {graph: bundle.graph_path_or_fp32(graph, self.graph_precision) for graph in GRAPHS}
+        compiled_cache = cache_dir("openvino")
+        if compiled_cache is not None:  # warm start: OpenVINO keys its blobs by model, device and config
+            config["CACHE_DIR"] = str(compiled_cache)
+        self.spec = bundle.spec
+        self._paths = {graph: bundle.graph_path_or_fp32(graph, self.graph_precision)
+                       for graph in self.spec.graph_names}
         self._graphs: dict[str, _CompiledGraph] = {}
         for graph, path in self._paths.items():
             try:  # OpenVINO's errors are RuntimeErrors whose first lines are "Exception from file:line"
                 model = core.read_model(str(path))
             except RuntimeError as exc:
                 raise BundleError(f"{path}: OpenVINO cannot read this graph ({_message(exc)})") from exc
-            check_signature(graph, _signature(model.inputs), _signature(model.outputs), bundle.dims, str(path))
+            graph_spec = self.spec.graph(graph)
+            check_signature(graph_spec, _signature(model.inputs), _signature(model.outputs), bundle.dims, str(path))
             try:
                 compiled = core.compile_model(model, self.device, config)
             except RuntimeError as exc:  # e.g. a GPU plugin without its driver, an op the device lacks
                 raise MissingDependencyError(
                     f"{path}: OpenVINO cannot compile this graph for {self.device} ({_message(exc)})"
                 ) from exc
-            self._graphs[graph] = _CompiledGraph(compiled, graph)
+            self._graphs[graph] = _CompiledGraph(compiled, graph_spec)
         first = self._graphs[IMAGE_ENCODER].compiled
         self.execution_devices = [str(d) for d in first.get_property("EXECUTION_DEVICES")]
         self.provider = ",".join(self.execution_devices) or self.device
@@ -201,19 +209,18 @@ class OpenVinoBackend(Backend):
             return requested
 
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
-        spec = GRAPHS[IMAGE_ENCODER]
-        out = self._graphs[IMAGE_ENCODER].run({spec.input_names[0]: pixel_values})
-        return out[spec.output_names[0]]
+        out = self._graphs[IMAGE_GRAPH.name].run(IMAGE_GRAPH.feeds(pixel_values))
+        return out[IMAGE_GRAPH.output_names[0]]
 
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        spec = GRAPHS[TEXT_ENCODER]
-        out = self._graphs[TEXT_ENCODER].run({spec.input_names[0]: input_ids})
-        return out[spec.output_names[0]]
+        out = self._graphs[TEXT_GRAPH.name].run(TEXT_GRAPH.feeds(input_ids))
+        return out[TEXT_GRAPH.output_names[0]]
 
-    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        image_name, text_name = GRAPHS[HEAD].input_names
-        logits_name, probs_name = GRAPHS[HEAD].output_names
-        out = self._graphs[HEAD].run({image_name: image_embeds, text_name: text_embeds})
+    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        graph = (self.spec.head(task) if task else self.spec.heads[0]).graph_spec()
+        out = self._graphs[graph.name].run(graph.feeds(image_embeds, text_embeds))
+        logits_name, probs_name = graph.output_names
         return out[logits_name], out[probs_name]
 
     def files(self) -> list[Path]:

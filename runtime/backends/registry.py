@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from crisis_tool.runtime.backends.base import Backend
 from crisis_tool.runtime.errors import MissingDependencyError, UsageError
-from crisis_tool.runtime.graph_table import PRECISIONS
+from crisis_tool.runtime.model_spec import PRECISIONS
 
 if TYPE_CHECKING:
     from crisis_tool.runtime.bundle import Bundle
@@ -44,6 +44,7 @@ REGISTRY: dict[str, BackendEntry] = {
         BackendEntry("openvino", "crisis_tool.runtime.backends.openvino_backend:OpenVinoBackend",
                      "openvino (pip install 'crisis-tool[openvino]')", ("fp32", "bf16", "fp16", "int8")),
         BackendEntry("torch", None, "torch (pip install 'crisis-tool[torch]')", ("fp32",)),
+        BackendEntry("auto", "crisis_tool.runtime.backends.auto:AutoBackend", "its engines", ("fp32",)),
     )
 }
 _entry_points_loaded = False

@@ -19,7 +19,7 @@ from crisis_tool.runtime.backends.base import Backend, reject_options
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import BundleError, MissingDependencyError, UsageError
 from crisis_tool.runtime.file_guard import open_regular
-from crisis_tool.runtime.graph_table import GRAPHS, HEAD, IMAGE_ENCODER, TEXT_ENCODER
+from crisis_tool.runtime.model_spec import IMAGE_GRAPH, TEXT_GRAPH, GraphSpec
 
 _INSTALL_HINT = "pip install 'crisis-tool[trt]' on a machine with an NVIDIA GPU"
 
@@ -160,7 +160,8 @@ class TensorRTBackend(Backend):
         self.engines: dict[str, EngineRunner] = {}
         self.paths: list[Path] = []
         limits = []  # the engines' optimization-profile limits; the Predictor respects the smallest
-        for graph in GRAPHS:
+        self.spec = bundle.spec
+        for graph in self.spec.graph_names:
             entry = bundle.engine_entry(graph, self.precision)
             if entry is None:
                 raise BundleError(
@@ -175,18 +176,18 @@ class TensorRTBackend(Backend):
             with open_regular(path) as fh:  # a FIFO or device named as an engine is refused, never read
                 blob = fh.read()
             self.engines[graph] = EngineRunner(trt, cudart, runtime, blob, str(path))
-            self._check_names(graph, str(path))
+            self._check_names(self.spec.graph(graph), str(path))
             self.paths.append(path)
             if entry.max_batch is not None:
                 limits.append(entry.max_batch)
         self.max_batch = min(limits) if limits else None
 
-    def _check_names(self, graph: str, where: str) -> None:
-        """BundleError unless the engine's input and output names are the graph table's."""
-        engine, spec = self.engines[graph], GRAPHS[graph]
+    def _check_names(self, spec: GraphSpec, where: str) -> None:
+        """BundleError unless the engine's input and output names are the model spec's."""
+        engine = self.engines[spec.name]
         if (engine.inputs, engine.outputs) != (spec.input_names, spec.output_names):
-            raise BundleError(f"{where}: engine tensors {engine.inputs} -> {engine.outputs} are not the graph "
-                              f"table's {spec.input_names} -> {spec.output_names}")
+            raise BundleError(f"{where}: engine tensors {engine.inputs} -> {engine.outputs} are not the model "
+                              f"spec's {spec.input_names} -> {spec.output_names}")
 
     @classmethod
     def bundle_unavailable_reason(cls, bundle: Bundle, precision: str) -> str | None:
@@ -225,19 +226,20 @@ class TensorRTBackend(Backend):
             engine = next(iter(self.engines.values()))
             _check(engine.cudart, engine.cudart.cudaDeviceSynchronize())
 
-    def _run_one(self, graph: str, *arrays: np.ndarray) -> list[np.ndarray]:
-        engine = self.engines[graph]
-        out = engine.run(dict(zip(GRAPHS[graph].input_names, arrays, strict=True)))
-        return [out[name].astype(np.float32, copy=False) for name in GRAPHS[graph].output_names]
+    def _run_one(self, spec: GraphSpec, *arrays: np.ndarray) -> list[np.ndarray]:
+        out = self.engines[spec.name].run(spec.feeds(*arrays))
+        return [out[name].astype(np.float32, copy=False) for name in spec.output_names]
 
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self._run_one(IMAGE_ENCODER, pixel_values)[0]
+        return self._run_one(IMAGE_GRAPH, pixel_values)[0]
 
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._run_one(TEXT_ENCODER, input_ids)[0]
+        return self._run_one(TEXT_GRAPH, input_ids)[0]
 
-    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, probs = self._run_one(HEAD, image_embeds, text_embeds)
+    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        head = self.spec.head(task) if task else self.spec.heads[0]
+        logits, probs = self._run_one(head.graph_spec(), image_embeds, text_embeds)
         return logits, probs
 
     def close(self) -> None:

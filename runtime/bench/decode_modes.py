@@ -17,17 +17,11 @@ import numpy as np
 from crisis_tool.runtime.bench.rows import Row
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.file_guard import DEFAULT_MAX_IMAGE_BYTES, read_capped
+from crisis_tool.runtime.parity import min_cosine
 from crisis_tool.runtime.preprocess import PreprocessConfig, load_preprocessed
 from crisis_tool.runtime.records import Record
 
 MAX_IMAGES = 64
-
-
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """The smallest row-wise cosine similarity of two [N,D] arrays."""
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
-    return float(np.min(np.sum(a64 * b64, axis=1) / np.maximum(norms, 1e-30)))
 
 
 def distinct_images(records: Iterable[Record], limit: int = MAX_IMAGES) -> list[bytes]:

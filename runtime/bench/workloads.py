@@ -1,9 +1,10 @@
 """Benchmark workloads: prepared input batches per batch size and one timed call per workload.
 
-Workloads: "e2e" (the Predictor on records: read + decode + preprocess, tokenize, both encoders, head),
+Workloads: "e2e" (the Predictor on records: read + decode + preprocess, tokenize, both encoders, every head),
 "image" (image encoder on preprocessed pixels), "text" (text encoder on ids trimmed to each batch's longest
-text, as the Predictor does), "head" (fusion head on embeddings). Inputs are prepared once with the runtime's
-own preprocessing, text rule and tokenizer, so every backend sees the same arrays.
+text, as the Predictor does), "head" (every fusion head of the model spec on embeddings).
+Inputs are prepared once with the runtime's own preprocessing, text rule and tokenizer, so every backend
+sees the same arrays.
 """
 
 from __future__ import annotations
@@ -18,16 +19,22 @@ from crisis_tool.runtime.backends import Backend
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import UsageError
 from crisis_tool.runtime.file_guard import DEFAULT_MAX_IMAGE_BYTES, read_capped
-from crisis_tool.runtime.graph_table import HEAD, IMAGE_ENCODER, TEXT_ENCODER
+from crisis_tool.runtime.model_spec import IMAGE_ENCODER, TEXT_ENCODER
+from crisis_tool.runtime.parity import max_abs, min_cosine, top1_agreement
 from crisis_tool.runtime.predictor import Predictor
 from crisis_tool.runtime.preprocess import PreprocessConfig, load_image, preprocess_image
 from crisis_tool.runtime.record_text import record_text
 from crisis_tool.runtime.records import Record
 from crisis_tool.runtime.tokenizer import ClipTokenizer
 
-GRAPHS_OF = {"e2e": (IMAGE_ENCODER, TEXT_ENCODER, HEAD), "image": (IMAGE_ENCODER,), "text": (TEXT_ENCODER,),
-             "head": (HEAD,)}
-STAGES = ("decode_preprocess", "tokenize", IMAGE_ENCODER, TEXT_ENCODER, HEAD)
+STAGES = ("decode_preprocess", "tokenize", IMAGE_ENCODER, TEXT_ENCODER, "head")
+
+
+def workload_graphs(bundle: Bundle, workload: str) -> tuple[str, ...]:
+    """The graphs a workload runs, from the bundle's model spec."""
+    heads = tuple(h.graph for h in bundle.spec.heads)
+    return {"e2e": bundle.spec.graph_names, "image": (IMAGE_ENCODER,), "text": (TEXT_ENCODER,),
+            "head": heads}[workload]
 
 
 @dataclass
@@ -51,7 +58,7 @@ def workload_files(backend: Backend, bundle: Bundle, workload: str) -> list[Path
     files = backend.files()
     if workload == "e2e":
         return files
-    wanted = GRAPHS_OF[workload]
+    wanted = workload_graphs(bundle, workload)
     return [f for f in files if any(f.name.startswith(f"{graph}.") for graph in wanted)]
 
 
@@ -101,7 +108,8 @@ def call_once(workload: str, backend: Backend, predictor: Predictor | None, batc
     elif workload == "text":
         backend.encode_text(batch.ids)
     else:
-        backend.run_head(batch.image_embeds, batch.text_embeds)
+        for task in backend_tasks(backend):
+            backend.run_head(batch.image_embeds, batch.text_embeds, task)
     backend.synchronize()
     elapsed = time.perf_counter() - start
     if workload != "e2e" or predictor is None:
@@ -114,34 +122,40 @@ def call_once(workload: str, backend: Backend, predictor: Predictor | None, batc
     return elapsed, stages
 
 
+def backend_tasks(backend: Backend) -> tuple[str | None, ...]:
+    """The tasks of the heads a backend runs (its bundle's spec), or (None,) for a backend without one."""
+    spec = getattr(backend, "spec", None)
+    return spec.tasks if spec is not None else (None,)
+
+
+def head_logits(backend: Backend, image: np.ndarray, text: np.ndarray) -> dict[str, np.ndarray]:
+    """{"logits:<task>": logits} of every head."""
+    return {f"logits:{task}": np.asarray(backend.run_head(image, text, task)[0], np.float32)
+            for task in backend_tasks(backend)}
+
+
 def parity_outputs(workload: str, backend: Backend, batch: InputBatch) -> dict[str, np.ndarray]:
-    """The arrays compared between rows: embeddings and/or logits of one batch."""
+    """The arrays compared between rows: embeddings and/or every head's logits of one batch."""
     if workload == "image":
         return {"embeds": np.asarray(backend.encode_image(batch.pixels), np.float32)}
     if workload == "text":
         return {"embeds": np.asarray(backend.encode_text(batch.ids), np.float32)}
     if workload == "head":
-        return {"logits": np.asarray(backend.run_head(batch.image_embeds, batch.text_embeds)[0], np.float32)}
+        return head_logits(backend, batch.image_embeds, batch.text_embeds)
     image = np.asarray(backend.encode_image(batch.pixels), np.float32)
     text = np.asarray(backend.encode_text(batch.ids), np.float32)
-    logits = np.asarray(backend.run_head(image, text)[0], np.float32)
-    return {"image_embeds": image, "text_embeds": text, "logits": logits}
-
-
-def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
-    return float(np.min(np.sum(a64 * b64, axis=1) / np.maximum(norms, 1e-30)))
+    return {"image_embeds": image, "text_embeds": text, **head_logits(backend, image, text)}
 
 
 def compare(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float | None]:
-    """max |diff| of logits (embeddings for encoder rows), min embedding cosine, top-1 agreement."""
-    main = "logits" if "logits" in ours else "embeds"
+    """max |diff| of logits (embeddings for encoder rows), min embedding cosine, top-1 agreement (worst head)."""
+    logits = [k for k in ours if k.startswith("logits") and k in ref]
+    main = logits or ["embeds"]
     result: dict[str, float | None] = {
-        "max_abs_diff": float(np.max(np.abs(ours[main] - ref[main]))), "cosine": None, "top1_agreement": None}
+        "max_abs_diff": max(max_abs(ours[k], ref[k]) for k in main), "cosine": None, "top1_agreement": None}
     embeds = [k for k in ours if k.endswith("embeds")]
     if embeds:
-        result["cosine"] = min(_min_cosine(ours[k], ref[k]) for k in embeds)
-    if "logits" in ours:
-        result["top1_agreement"] = float(np.mean(ours["logits"].argmax(1) == ref["logits"].argmax(1)))
+        result["cosine"] = min(min_cosine(ours[k], ref[k]) for k in embeds)
+    if logits:
+        result["top1_agreement"] = min(top1_agreement(ours[k], ref[k]) for k in logits)
     return result

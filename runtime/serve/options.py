@@ -29,6 +29,7 @@ class PredictorOptions:
     device: str | None = None  # for backends that take one (openvino); others refuse it
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES  # a larger image is that record's error
     decode: str = "exact"  # or "fast" (see image_decode)
+    pubkey: Path | None = None  # Ed25519 public key: the bundle must be signed by it (runtime.signing)
 
     def load(self) -> Predictor:
         from crisis_tool.runtime.image_decode import ImageLimits
@@ -38,7 +39,7 @@ class PredictorOptions:
             self.bundle, backend=self.backend, max_batch=self.max_batch, precision=self.precision,
             providers=list(self.providers) if self.providers else None, threads=self.threads,
             backend_options={"device": self.device}, image_limits=ImageLimits(max_bytes=self.max_image_bytes),
-            decode=self.decode,
+            decode=self.decode, pubkey=self.pubkey,
         )
 
     def validate(self) -> None:
@@ -57,7 +58,13 @@ class PredictorOptions:
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """`crisis-tool serve`: where to listen, how to batch, how many replicas, what a request may hold."""
+    """`crisis-tool serve`: where to listen, how to batch, how many replicas, what a request may hold.
+
+    Hardening (see `http_guard` and `decode_budget`): a request body must arrive within `body_timeout_s`; one
+    client may have at most `max_uploads_per_client` bodies in flight (more are refused with 429) and all
+    clients together `max_uploads_total` (the oldest is cut to admit a new one); the images of one request
+    may declare at most `max_image_pixels` each and `max_request_pixels` together (413 before decoding).
+    """
 
     host: str = LOOPBACK
     port: int = 8000
@@ -69,9 +76,20 @@ class ServeOptions:
     cpus_per_replica: float = 1.0
     max_batch: int = 16
     batch_wait_ms: float = 10.0
-    max_ongoing_requests: int = 64  # per replica; at least max_batch or batches cannot fill
+    # per replica; a request whose body is still arriving holds one, so this stays above max_uploads_total
+    max_ongoing_requests: int = 512
     max_body_bytes: int = 16 * 1024 * 1024
     max_records: int = 256  # records in one request
+    body_timeout_s: float = 10.0
+    max_uploads_per_client: int = 64
+    max_uploads_total: int = 256
+    max_image_pixels: int = 50_000_000
+    max_request_pixels: int = 200_000_000
+    token_sha256: str | None = None  # sha256 of the bearer token (--token-file); None: no auth
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    model_name: str = ""  # the v2 model name ("" = the bundle folder's name)
+    drain_s: float = 10.0  # on shutdown: answer 503 + Retry-After, wait this long at most for requests in flight
     app_name: str = "crisis-tool"
 
     def validate(self) -> None:
@@ -84,6 +102,54 @@ class ServeOptions:
             raise UsageError("autoscaling bounds need 0 <= --min-replicas <= --max-replicas, max at least 1")
         if self.max_ongoing_requests < self.max_batch:
             raise UsageError("--max-ongoing-requests must be at least --max-batch, or batches cannot fill")
+        if self.max_ongoing_requests < self.max_uploads_total + self.max_batch:
+            raise UsageError("--max-ongoing-requests must be at least --max-uploads-total + --max-batch, or slow "
+                             "uploads could hold every request slot")
+        if self.max_uploads_per_client > self.max_uploads_total:
+            raise UsageError("--max-uploads-per-client cannot be above --max-uploads-total")
+        if self.max_image_pixels > self.max_request_pixels:
+            raise UsageError("--max-image-pixels cannot be above --max-request-pixels")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise UsageError("--tls-cert and --tls-key go together")
+        for option, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):
+            if path is not None and not Path(path).is_file():
+                raise UsageError(f"{option} {path}: no such file")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+    def bind_warning(self) -> str | None:
+        """A one-line warning when listening beyond this machine without a token (None otherwise)."""
+        if is_loopback(self.host) or self.token_sha256 is not None:
+            return None
+        return (f"warning: listening on {self.host} without --token-file: anyone who can reach this address "
+                "can use the model" + ("" if self.tls_cert else ", over plain HTTP"))
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token_digest(path: Path) -> str:
+    """sha256 (hex) of the bearer token in `path` (surrounding whitespace removed); UsageError if unusable."""
+    import hashlib
+
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--token-file {path}: cannot read it ({exc})") from None
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise UsageError(f"--token-file {path}: the token must be one word of at least 16 characters")
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)

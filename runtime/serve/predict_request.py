@@ -2,9 +2,10 @@
 
 A body is one record object or a list of them: ``{"id", "text", "image_b64", "llava_text"?}``. The image comes
 only as base64 bytes, never as a path on the server. Whole-request problems raise `RequestRejected` (a 4xx):
-not JSON, not a record or a list of records, an empty list, too many records, a body over the size limit, an
-`image_b64` that is not valid base64. A bad record inside a good request becomes its `RecordError` (answered
-as that record's error, as in `predict`): no usable id, a field of the wrong type, no image, a 0-byte image.
+not JSON, not a record or a list of records, an empty list, too many records, a body over the size limit. A bad
+record inside a good request becomes its `RecordError` (answered as that record's error, as in `predict`): no
+usable id, a field of the wrong type, no image, an `image_b64` that is not valid base64, a 0-byte image.
+Ids used twice in one request are answered, and reported (`duplicate_ids`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +73,10 @@ def _parse_record(entry: Any, n: int) -> Item:
     encoded = entry.get("image_b64")
     if encoded is None:
         return RecordError(rid, f"record {rid}: no image (field 'image_b64')", n, SOURCE)
-    image = decode_image_b64(encoded, rid)
+    try:
+        image = decode_image_b64(encoded, rid)
+    except RequestRejected as exc:
+        return RecordError(rid, exc.message, n, SOURCE)
     if not image:
         return RecordError(rid, f"record {rid}: empty image (field 'image_b64' holds 0 bytes)", n, SOURCE)
     return Record(rid, entry.get("text"), image, entry.get("llava_text"), n, SOURCE)
@@ -83,3 +88,19 @@ def decode_image_b64(encoded: str, rid: str) -> bytes:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RequestRejected(400, f"record {rid}: field 'image_b64' is not valid base64 ({exc})") from None
+
+
+def duplicate_ids(ids: Iterable[str | None]) -> dict[str, list[int]]:
+    """{id: its 1-based positions} for every id used more than once (missing ids are not compared)."""
+    positions: dict[str, list[int]] = {}
+    for n, rid in enumerate(ids, start=1):
+        if rid is not None:
+            positions.setdefault(rid, []).append(n)
+    return {rid: where for rid, where in positions.items() if len(where) > 1}
+
+
+def describe_duplicates(duplicates: dict[str, list[int]], limit: int = 5) -> str:
+    """One line: `id 'a' at records 1, 3; id 'b' at records 2, 4` (the first `limit` ids)."""
+    shown = [f"id {rid!r} at records {', '.join(map(str, where))}" for rid, where in list(duplicates.items())[:limit]]
+    more = f"; and {len(duplicates) - limit} more" if len(duplicates) > limit else ""
+    return "; ".join(shown) + more

@@ -1,10 +1,13 @@
-"""Starting and stopping the HTTP service: Ray Serve's proxy on `host:port` in front of the deployment."""
+"""Starting and stopping the HTTP service: Ray Serve's proxy on `host:port` (HTTPS with --tls-cert/--tls-key)
+in front of the deployment. Stopping drains first: the replicas answer 503 + Retry-After to new requests while
+those in flight finish (at most `drain_s`), then the application is deleted."""
 
 from __future__ import annotations
 
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,16 +37,37 @@ def start_server(predictor_options: PredictorOptions, serve_options: ServeOption
     """Deploy on the Ray this process is connected to; returns once every replica has warmed up."""
     from ray import serve
 
-    from crisis_tool.runtime.serve.deployment import build_app
+    from crisis_tool.runtime.serve.deployment import build_app, set_draining
 
-    serve.start(
-        http_options={"host": serve_options.host, "port": serve_options.port},
-        logging_config={"log_level": "WARNING", "enable_access_log": False},
-    )
+    http_options: dict[str, object] = {"host": serve_options.host, "port": serve_options.port}
+    if serve_options.tls_cert is not None:
+        http_options.update(ssl_certfile=str(serve_options.tls_cert), ssl_keyfile=str(serve_options.tls_key))
+    serve.start(http_options=http_options, logging_config={"log_level": "WARNING", "enable_access_log": False})
+    set_draining(serve_options.app_name, False)  # a restart on the same cluster starts undrained
     serve.run(build_app(predictor_options, serve_options), name=serve_options.app_name, route_prefix="/",
               blocking=False)
     host = f"[{serve_options.host}]" if ":" in serve_options.host else serve_options.host
-    return RunningServer(f"http://{host}:{serve_options.port}", serve_options.app_name)
+    return RunningServer(f"{serve_options.scheme}://{host}:{serve_options.port}", serve_options.app_name)
+
+
+def drain(serve_options: ServeOptions) -> None:
+    """Make the replicas answer 503 + Retry-After, then wait (at most `drain_s`) for requests in flight."""
+    from ray import serve
+
+    from crisis_tool.runtime.serve.deployment import DEPLOYMENT_NAME, DRAIN_POLL_S, set_draining
+
+    set_draining(serve_options.app_name, True)
+    deadline = time.monotonic() + serve_options.drain_s
+    handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=serve_options.app_name)
+    time.sleep(2 * DRAIN_POLL_S)  # every replica has read the flag
+    while time.monotonic() < deadline:
+        try:
+            stats = handle.stats.remote().result(timeout_s=max(0.1, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 - no replica answers: nothing left to wait for
+            return
+        if stats.get("in_flight", 0) <= 0:
+            return
+        time.sleep(0.1)
 
 
 def serve_until_stopped(
@@ -78,6 +102,7 @@ def serve_until_stopped(
         except KeyboardInterrupt:
             pass
         finally:
+            drain(serve_options)
             serve.delete(server.app_name)
             if not serve_options.address:
                 serve.shutdown()

@@ -138,5 +138,6 @@ def test_speedup_is_the_measured_time_ratio(tiny_bundle: Path, monkeypatch: pyte
                         seconds=0.4, warmup=1, measure_gemm=False)
     torch_row, fast = run_bench(opts)["rows"]
     assert torch_row["speedup_vs_torch"] == pytest.approx(1.0)
-    assert 2.2 < fast["speedup_vs_torch"] < 3.3  # 30 ms against 10 ms per call
+    # the column is the ratio of the two rows' measured rates (no wall-clock bound: timing is the bench's job)
+    assert fast["speedup_vs_torch"] == pytest.approx(fast["items_per_s"] / torch_row["items_per_s"])
     assert fast["max_abs_diff"] == 0.0  # same outputs: the stand-ins compute the same thing

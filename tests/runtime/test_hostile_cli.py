@@ -140,10 +140,8 @@ def test_ctrl_c_ends_with_one_line_and_keeps_a_valid_prefix(tiny_bundle: Path, i
         first = proc.stdout.readline()
         assert json.loads(first)["id"] == "r0"
     time.sleep(0.5)
-    sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=30)
-    assert time.monotonic() - sent < 1.5
+    proc.wait(timeout=30)  # a hang guard only: stdin stays open, so without the handler it never ends
     assert proc.stderr is not None
     stdout, stderr = proc.stdout.read(), proc.stderr.read()
     assert proc.returncode == 130
@@ -170,8 +168,7 @@ def test_ctrl_c_ends_the_process_even_when_a_worker_is_busy(tmp_path: Path) -> N
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
-    sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
-    assert time.monotonic() - sent < 1.5 and proc.returncode == 130
+    _, stderr = proc.communicate(timeout=30)  # < the worker's 60 s: the watcher ended it (latency: benchmarks/)
+    assert proc.returncode == 130
     assert stderr.decode().strip().splitlines()[-1] == "error: interrupted"

@@ -1,7 +1,7 @@
-"""Text cost: a 10 MB record costs about what a normal batch costs, and normal text keeps open_clip's ids.
+"""Text cost: a 10 MB record does bounded work (counted, not timed), and normal text keeps open_clip's ids.
 
-Timed in one subprocess (with a timeout, so the quadratic BPE of old fails instead of hanging): the hostile record
-is compared, as a ratio, with tokenizing a batch of distinct normal tweets in the same run.
+The work is counted in a subprocess with a timeout, so the quadratic BPE of old fails instead of hanging; the
+time ratio against a normal batch is measured by benchmarks/hostile_text_cost.py.
 """
 
 from __future__ import annotations
@@ -17,15 +17,12 @@ from crisis_tool.runtime.text_clean import MAX_TEXT_CHARS, clean_tweet
 from crisis_tool.runtime.tokenizer import MAX_WORD_CHARS, ClipTokenizer
 
 _CHILD = r"""
-import json, random, string, sys, time
+import json, random, string, sys
 from crisis_tool.runtime.record_text import record_text
 from crisis_tool.runtime.tokenizer import ClipTokenizer
 
 tok = ClipTokenizer(sys.argv[1])
 rng = random.Random(7)
-def word(n):
-    return "".join(rng.choice(string.ascii_lowercase) for _ in range(n))
-normal = [" ".join(word(rng.randint(2, 9)) for _ in range(20)) + f" #flood{i}" for i in range(64)]
 hostile = {
     "one_word": "".join(rng.choices(string.ascii_letters, k=10_000_000)),
     "punctuation": "!?*" * 3_400_000,
@@ -33,24 +30,32 @@ hostile = {
     "entities": "&amp;" * 2_000_000,
     "emoji": "\U0001F30A" * 10_000_000,
 }
-tok([normal[0]])  # warm-up (vocab, regex)
-def cost(texts):
-    start = time.perf_counter()
-    tok([record_text(t, None, "tweet").text for t in texts])
-    return time.perf_counter() - start
-batch = cost(normal)  # 64 distinct tweets, nothing cached
-print(json.dumps({name: cost([text]) / batch for name, text in hostile.items()}))
+merged = []
+merge = tok._merge
+tok._merge = lambda token, end_of_word=True: merged.append(len(token)) or merge(token, end_of_word)
+out = {}
+for name, text in hostile.items():
+    merged.clear()
+    ids = tok([record_text(text, None, "tweet").text])
+    out[name] = {"merges": len(merged), "longest": max(merged), "ids": int((ids[0] > 0).sum())}
+print(json.dumps(out))
 """
 
 
-def test_ten_megabyte_texts_cost_less_than_a_normal_batch(bpe_vocab_path: Path) -> None:
+def test_ten_megabyte_texts_do_bounded_bpe_work(bpe_vocab_path: Path) -> None:
+    """The BPE work of a 10 MB record is bounded by the context, not by its size: at most one merge per output
+    id, each on at most one MAX_WORD_CHARS chunk (4 mapped characters per UTF-8 byte at worst). The timeout is a
+    hang guard only (the quadratic BPE of old never finished); the time ratio lives in
+    benchmarks/hostile_text_cost.py."""
     child = subprocess.run([sys.executable, "-c", _CHILD, str(bpe_vocab_path)],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr[-2000:]
-    ratios = json.loads(child.stdout)
-    assert set(ratios) == {"one_word", "punctuation", "short_words", "entities", "emoji"}
-    slow = {name: ratio for name, ratio in ratios.items() if ratio > 2.0}
-    assert not slow, f"10 MB records cost this many normal 64-tweet batches: {ratios}"
+    work = json.loads(child.stdout)
+    assert set(work) == {"one_word", "punctuation", "short_words", "entities", "emoji"}
+    context = ClipTokenizer(bpe_vocab_path)(["x"]).shape[1]
+    for name, w in work.items():
+        assert 1 <= w["merges"] <= w["ids"] <= context, (name, w)  # at most one merge per id it keeps
+        assert w["longest"] <= 4 * MAX_WORD_CHARS, (name, w)
 
 
 def test_text_is_cut_before_cleaning() -> None:

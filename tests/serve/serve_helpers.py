@@ -46,3 +46,16 @@ def readme_client() -> Callable[..., Any]:
     namespace: dict[str, Any] = {}
     exec(code[: code.index("```")], namespace)  # noqa: S102 - our own documentation
     return namespace["predict"]
+
+
+def jpeg_declaring(width: int, height: int, seed: int = 0) -> bytes:
+    """A real 16x16 JPEG whose frame header (SOF0) is rewritten to declare `width` x `height` pixels: a few
+    hundred bytes that would cost a full-size decode."""
+    import struct
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (seed % 256, 80, 160)).save(buffer, format="JPEG", quality=90)
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, height, width)  # FFC0, length(2), precision(1), height, width
+    return bytes(data)

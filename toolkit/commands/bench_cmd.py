@@ -55,7 +55,7 @@ def _labelled_source(data: Path | None, task: str | None, split: str, splits: st
     from crisis_tool.runtime.manifest import MANIFEST_NAME
 
     if records is not None:
-        raise UsageError("give --data (with --task and --split) or --records, not both")
+        raise UsageError("give --data (with --task and --split) or --input, not both")
     if split not in SPLITS:
         raise UsageError(f"--split {split!r}: choose from {', '.join(SPLITS)}")
     if task is None:
@@ -78,14 +78,16 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
         bundle: Path = typer.Option(..., "--bundle", help="Bundle directory (from `crisis-tool export`)."),
-        backends: str = typer.Option(_csv(DEFAULTS["backends"]), "--backends",
+        backends: str = typer.Option(_csv(("auto", *DEFAULTS["backends"])), "--backends",
                                      help=f"Comma-separated backend variants: {variants}."),
         batch_sizes: str = typer.Option(_csv(DEFAULTS["batch_sizes"]), "--batch-sizes",
                                         help="Comma-separated batch sizes."),
-        workload: str = typer.Option(DEFAULTS["workload"], "--workload", "--component",
+        workload: str = typer.Option(DEFAULTS["workload"], "--workload",
                                      help=f"What is timed: {', '.join(WORKLOADS)}."),
-        records: Path | None = typer.Option(None, "--records", help="JSONL/TSV of real records (default: "
-                                            "generated JPEGs and texts of real tweet lengths)."),
+        component: str | None = typer.Option(None, "--component", hidden=True, help="Deprecated: --workload."),
+        records: Path | None = typer.Option(None, "--input", help="JSONL/TSV of real records, as predict reads "
+                                            "(default: generated JPEGs and texts of real tweet lengths)."),
+        records_old: Path | None = typer.Option(None, "--records", hidden=True, help="Deprecated: --input."),
         image_root: Path | None = typer.Option(None, "--image-root", help="Folder TSV image paths are under."),
         text_tokens: str = typer.Option(_csv(DEFAULTS["text_tokens"]), "--text-tokens",
                                         help="Generated text lengths, one row set each: real (CrisisMMD tweet "
@@ -99,8 +101,11 @@ def register(app: typer.Typer) -> None:
         json_out: Path | None = typer.Option(None, "--json", help="Write header + rows as JSON."),
         markdown_out: Path | None = typer.Option(None, "--markdown", help="Write a Markdown table."),
         plot_out: Path | None = typer.Option(None, "--plot", help="Write a PNG of items/s vs batch size."),
-        no_gemm: bool = typer.Option(not DEFAULTS["measure_gemm"], "--no-gemm", "--no-peak",
-                                     help="Skip the roofline (each engine's MatMul peak probes)."),
+        peak: bool = typer.Option(DEFAULTS["measure_gemm"], "--peak/--no-peak",
+                                  help="Measure the roofline (each engine's MatMul peak probes)."),
+        no_gemm: bool = typer.Option(False, "--no-gemm", hidden=True, help="Deprecated: --no-peak."),
+        wide: bool = typer.Option(False, "--wide", help="Show every column (default: the ones that fit 80 "
+                                  "columns) and the e2e time split."),
         data: Path | None = typer.Option(None, "--data", help="CrisisMMD root: with --task and --split, the "
                                          "labelled split is the workload and every row gets task metrics."),
         task: str | None = typer.Option(None, "--task", help="Task of the split (default: the bundle's)."),
@@ -120,12 +125,20 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
+        from crisis_tool.commands.aliases import deprecated_alias
         from crisis_tool.commands.console import stdout_console
+        from crisis_tool.progress import status_line
         from crisis_tool.runtime.bench import run_bench
         from crisis_tool.runtime.bench.report import render_table, write_json, write_markdown, write_plot
         from crisis_tool.runtime.bench.task_metrics import check_max_drop
+        from crisis_tool.runtime.charts import require_matplotlib
         from crisis_tool.runtime.manifest import MANIFEST_NAME
+        from crisis_tool.runtime.table_columns import wide_enough
 
+        workload = deprecated_alias(workload, component, "--component", "--workload", unset=DEFAULTS["workload"])
+        records = deprecated_alias(records, records_old, "--records", "--input")
+        no_gemm = not deprecated_alias(peak, False if no_gemm else None, "--no-gemm", "--no-peak",
+                                       unset=DEFAULTS["measure_gemm"])
         records, image_root, label_map, task = _labelled_source(data, task, split, splits, bundle, records,
                                                                 image_root)
         opts = BenchOptions(
@@ -137,15 +150,21 @@ def register(app: typer.Typer) -> None:
             max_drop=max_drop,
         )
         opts.check()
+        if plot_out is not None:
+            require_matplotlib("--plot")  # before the long work, not after it
         if not (bundle / MANIFEST_NAME).is_file():
             raise UsageError(f"--bundle {bundle}: not a bundle directory (no {MANIFEST_NAME})")
         err = Console(stderr=True)
-        with err.status("benchmarking") as status:
-            result = run_bench(opts, progress=lambda msg: status.update(f"bench: {msg}"))
-        stdout_console().print(render_table(result))
+        with status_line("bench") as update:
+            result = run_bench(opts, progress=update)
+        table = render_table(result, wide=wide)
+        wide_enough(stdout_console(), table).print(table)
         for path, writer in ((json_out, write_json), (markdown_out, write_markdown), (plot_out, write_plot)):
             if path is not None:
                 writer(result, path)
                 err.print(f"wrote {path}")
         if max_drop is not None:
             check_max_drop(result, max_drop)
+        if not wide:
+            err.print("next: --wide for every column and the e2e time split; --markdown FILE and --plot FILE to "
+                      "keep the results")

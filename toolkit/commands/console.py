@@ -1,7 +1,9 @@
-"""The stdout console for tables: the terminal's width on a TTY, a wide fixed width for pipes and logs
-(so tables are never ellipsised in CI logs or files)."""
+"""The stdout console for tables: the terminal's width on a TTY or as `COLUMNS` says, else a wide fixed width for
+pipes and logs (so tables are never ellipsised in CI logs or files)."""
 
 from __future__ import annotations
+
+import os
 
 from rich.console import Console
 
@@ -10,4 +12,6 @@ PIPE_WIDTH = 220
 
 def stdout_console() -> Console:
     console = Console()
-    return console if console.is_terminal else Console(width=PIPE_WIDTH)
+    if console.is_terminal or os.environ.get("COLUMNS", "").strip().isdigit():
+        return console
+    return Console(width=PIPE_WIDTH)

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from crisis_tool.commands.console import stdout_console
 from crisis_tool.export.formats import BUNDLE, DEFAULT_MAX_BATCH, EXPORT_FORMATS, ExportOptions
-from crisis_tool.runtime.graph_table import PRECISIONS
+from crisis_tool.runtime.model_spec import PRECISIONS
 from crisis_tool.runtime.manifest import Manifest
 
 console = stdout_console()
@@ -158,10 +158,14 @@ def register(app: typer.Typer) -> None:
         console.print(parity_table(loaded.manifest))
 
     @app.command("verify")
-    def verify(bundle: Path = typer.Argument(..., help="Bundle directory.")) -> None:
-        """Check a bundle: its manifest's digest and schema, every file's sha256 and size, and its run config."""
-        from crisis_tool.runtime.bundle import verify_bundle
-        from crisis_tool.runtime.manifest import MANIFEST_NAME
+    def verify(
+        bundle: Path = typer.Argument(..., help="Bundle directory."),
+        pubkey: Path | None = typer.Option(
+            None, "--pubkey", help="Ed25519 public key (.pub from `crisis-tool keygen`): the bundle must be signed "
+                                   "by it (`crisis-tool sign`)."),
+    ) -> None:
+        """Check a bundle: its manifest's digest and schema, every file's sha256 and size, no unlisted file, its
+        run config and, with --pubkey, its signature."""
+        from crisis_tool.commands.sign_cmds import verify_report
 
-        manifest = verify_bundle(bundle)
-        console.print(f"ok: {len(manifest.files)} files match {bundle}/{MANIFEST_NAME}")
+        console.print(verify_report(bundle, pubkey))

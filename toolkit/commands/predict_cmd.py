@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
             ..., "--input", help="A CrisisMMD .tsv, a .jsonl, a folder of images, or '-' for JSONL on stdin."
         ),
         output: str = typer.Option(..., "--output", help="Output .jsonl, or '-' for stdout."),
-        backend: str = typer.Option("onnxruntime", "--backend", help=f"One of: {backends}."),
+        backend: str = typer.Option("auto", "--backend", help=f"One of: {backends}."),
         precision: str | None = typer.Option(
             None, "--precision", help="fp32, fp16 or int8 (default: the bundle's own precision)."
         ),
@@ -116,10 +116,16 @@ def register(app: typer.Typer) -> None:
             DEFAULT_MAX_IMAGE_BYTES, "--max-image-bytes", min=1,
             help="Largest image file (encoded bytes) a record may name; larger ones are that record's error.",
         ),
+        tasks: str | None = typer.Option(
+            None, "--tasks", help="Heads to run, e.g. 'informative,damage' (default: every head of the bundle).",
+        ),
         decode: str = typer.Option(
             "exact", "--decode",
             help="exact (full-size decode, as in training) or fast (JPEGs decode at 1/2-1/8 scale, keeping at "
                  "least twice the model's input size, then the same resize).",
+        ),
+        pubkey: Path | None = typer.Option(
+            None, "--pubkey", help="Ed25519 public key (.pub): refuse a bundle not signed by it (`crisis-tool sign`).",
         ),
     ) -> None:
         """Predict a label for every record; failed records get an "error" line, never a crash."""
@@ -138,10 +144,10 @@ def register(app: typer.Typer) -> None:
             predictor = Predictor.from_bundle(
                 bundle, backend=backend, max_batch=batch_size, precision=precision,
                 providers=parse_providers(providers), threads=threads, image_limits=limits, decode=decode,
-                backend_options={"device": device},
+                backend_options={"device": device}, tasks=tasks, pubkey=pubkey,
             )
             start = time.perf_counter()
-            writer = JsonlWriter(output, keep_partial=True)
+            writer = JsonlWriter(output, keep_partial=True, one_head=len(predictor.spec.heads) == 1)
             try:
                 with predictor, writer:
                     _write_all(predictor, items, writer, flush_each=writer.is_stream)

@@ -16,7 +16,7 @@ from crisis_tool.runtime.serve.options import LabelOptions, PredictorOptions, Se
 _PRED, _SERVE, _LABEL = PredictorOptions(), ServeOptions(), LabelOptions()
 
 BUNDLE = typer.Option(..., "--bundle", help="Bundle folder written by `crisis-tool export`.")
-BACKEND = typer.Option(_PRED.backend, "--backend", help=f"Backend: {', '.join(backend_names())} (the registry).")
+BACKEND = typer.Option("auto", "--backend", help=f"Backend: {', '.join(backend_names())} (the registry; default auto).")
 PRECISION = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the bundle's own precision).")
 PROVIDERS = typer.Option(None, "--providers", help="ONNX Runtime providers in order, e.g. 'cpu' or 'cuda,cpu'.")
 THREADS = typer.Option(None, "--threads", min=1, help="Intra-op threads per replica or actor (onnxruntime).")
@@ -25,18 +25,20 @@ MAX_IMAGE_BYTES = typer.Option(_PRED.max_image_bytes, "--max-image-bytes", min=1
                                help="Largest image (encoded bytes) a record may carry; larger is that record's error.")
 DECODE = typer.Option(_PRED.decode, "--decode", help="exact (full-size decode, as in training) or fast (JPEGs "
                       "decode at reduced scale, at least twice the model's input size, then the same resize).")
+PUBKEY = typer.Option(None, "--pubkey", help="Ed25519 public key (.pub): refuse a bundle not signed by it.")
 ADDRESS = typer.Option(None, "--address", help="Join this Ray cluster (e.g. 'auto' or 'HOST:6379') instead of "
                        "starting a local Ray.")
 
 
 def _predictor_options(
     bundle: Path, backend: str, precision: str | None, providers: str | None, threads: int | None,
-    device: str | None, max_image_bytes: int, decode: str,
+    device: str | None, max_image_bytes: int, decode: str, pubkey: Path | None = None,
 ) -> PredictorOptions:
     names = parse_providers(providers)
     return PredictorOptions(bundle=bundle.resolve(), backend=backend, precision=precision,
                             providers=tuple(names) if names else None, threads=threads, device=device,
-                            max_image_bytes=max_image_bytes, decode=decode)
+                            max_image_bytes=max_image_bytes, decode=decode,
+                            pubkey=pubkey.resolve() if pubkey is not None else None)
 
 
 def register(app: typer.Typer) -> None:
@@ -52,6 +54,7 @@ def register(app: typer.Typer) -> None:
         device: str | None = DEVICE,
         max_image_bytes: int = MAX_IMAGE_BYTES,
         decode: str = DECODE,
+        pubkey: Path | None = PUBKEY,
         address: str | None = ADDRESS,
         host: str = typer.Option(_SERVE.host, "--host", help="Address to listen on (loopback unless you say so)."),
         port: int = typer.Option(_SERVE.port, "--port", min=1, max=65535, help="HTTP port."),
@@ -69,6 +72,25 @@ def register(app: typer.Typer) -> None:
         max_body_bytes: int = typer.Option(_SERVE.max_body_bytes, "--max-body-bytes", min=1,
                                            help="Largest request body accepted."),
         max_records: int = typer.Option(_SERVE.max_records, "--max-records", min=1, help="Records per request."),
+        body_timeout_s: float = typer.Option(_SERVE.body_timeout_s, "--body-timeout-s", min=0.1,
+                                             help="A request body must arrive within this time (else 408)."),
+        max_uploads_per_client: int = typer.Option(_SERVE.max_uploads_per_client, "--max-uploads-per-client",
+                                                   min=1, help="Bodies one client may have arriving at once "
+                                                   "(more: 429)."),
+        max_uploads_total: int = typer.Option(_SERVE.max_uploads_total, "--max-uploads-total", min=1,
+                                              help="Bodies arriving at once, all clients (more: the oldest is cut)."),
+        max_image_pixels: int = typer.Option(_SERVE.max_image_pixels, "--max-image-pixels", min=1,
+                                             help="Pixels one image may declare (413 before decoding)."),
+        max_request_pixels: int = typer.Option(_SERVE.max_request_pixels, "--max-request-pixels", min=1,
+                                               help="Pixels the images of one request may declare together."),
+        token_file: Path | None = typer.Option(None, "--token-file", help="File holding a bearer token that "
+                                               "every request except health checks must send."),
+        tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate: serve HTTPS."),
+        tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
+        model_name: str | None = typer.Option(None, "--model-name", help="Model name on the v2 routes "
+                                              "(default: the bundle folder's name)."),
+        drain_s: float = typer.Option(_SERVE.drain_s, "--drain-s", min=0.0, help="On shutdown, answer 503 and "
+                                      "wait at most this long for requests in flight."),
     ) -> None:
         """Serve a bundle over HTTP (POST /v1/predict) with Ray Serve, batching records across requests."""
         from crisis_tool.runtime.serve.server import RunningServer, serve_until_stopped
@@ -81,7 +103,7 @@ def register(app: typer.Typer) -> None:
             max_body_bytes=max_body_bytes, max_records=max_records,
         )
         predictor = _predictor_options(bundle, backend, precision, providers, threads, device, max_image_bytes,
-                                       decode)
+                                       decode, pubkey)
 
         def announce(server: RunningServer) -> None:
             typer.echo(f"serving {bundle} at {server.url} (POST /v1/predict, GET /healthz /readyz /v1/model); "
@@ -105,6 +127,7 @@ def register(app: typer.Typer) -> None:
         device: str | None = DEVICE,
         max_image_bytes: int = MAX_IMAGE_BYTES,
         decode: str = DECODE,
+        pubkey: Path | None = PUBKEY,
         address: str | None = ADDRESS,
         concurrency: int = typer.Option(_LABEL.concurrency, "--concurrency", min=1, help="Predictor actors."),
         batch_size: int = typer.Option(_LABEL.batch_size, "--batch-size", min=1, help="Records per actor call."),
@@ -121,7 +144,7 @@ def register(app: typer.Typer) -> None:
             cpus_per_actor=cpus_per_actor,
         )
         predictor = _predictor_options(bundle, backend, precision, providers, threads, device, max_image_bytes,
-                                       decode)
+                                       decode, pubkey)
         summary = run_label(predictor, options)
         rate = summary.rows / max(summary.seconds, 1e-9)
         typer.echo(

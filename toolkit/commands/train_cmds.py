@@ -18,9 +18,16 @@ def _print_report(report: dict) -> None:
 
     from crisis_tool.commands.console import stdout_console
 
+    calibration = (f"\nECE {report['ece_uncalibrated']:.4f} -> {report['ece']:.4f} (T={report['temperature']:.3f})"
+                   if "ece" in report else "")
+    review = report.get("review")
+    if review:
+        accuracy = review["unflagged_accuracy"]
+        calibration += (f"  review: {review['share_flagged']:.1%} flagged, unflagged accuracy "
+                        f"{'-' if accuracy is None else f'{accuracy:.4f}'}")
     table = Table(title=f"{report.get('task', '')} {report.get('split', '')}: n={report['n']}  "
                         f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
-                        f"weighted-F1 {report['weighted_f1']:.4f}")
+                        f"weighted-F1 {report['weighted_f1']:.4f}{calibration}")
     for col in ("class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for name, m in report["per_class"].items():
@@ -32,7 +39,8 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
         data: Path = typer.Option(..., "--data", help="CrisisMMD_v2.0 folder (split TSVs + data_image/)."),
-        task: str = typer.Option(..., "--task", help="informative | humanitarian | damage (or task1..task3)."),
+        task: str = typer.Option(..., "--task", help="informative | humanitarian | damage (or task1..task3), a "
+                                 "comma-separated list, or all: one head per task in one run."),
         out: Path = typer.Option(..., "--out", help="Run dir to write."),
         head: str = typer.Option(D["head"], help="guided | guided-diff | reference (authors' code)."),
         modality: str = typer.Option(D["modality"], help="both | image | text."),
@@ -49,13 +57,25 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(D["seed"], help="Random seed (deterministic on the CPU)."),
         cache_dir: Path | None = typer.Option(None, help="Feature cache (default ~/.cache/crisis-tool/features)."),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop rows with missing/unreadable images."),
+        labels: list[Path] = typer.Option(
+            [], "--labels", help="Human corrections (corrections.jsonl from `crisis-tool review`); repeatable. "
+                                 "They replace the split labels by id and task."),
+        review_precision: float = typer.Option(
+            D["review_precision"], "--review-precision", min=0.0, max=1.0,
+            help="Review threshold per head: the lowest calibrated confidence at which the accepted dev posts "
+                 "reach this precision."),
+        review_threshold: float | None = typer.Option(
+            None, "--review-threshold", min=0.0, max=1.0, help="A fixed review threshold instead."),
     ) -> None:
-        """Train a fusion head on cached, frozen CLIP features."""
-        from crisis_tool.data.crisismmd import resolve_task
+        """Train one fusion head per task on cached, frozen CLIP features; calibrate each on its dev split."""
+        from crisis_tool.data.crisismmd import resolve_tasks
         from crisis_tool.models.heads import HeadConfig
         from crisis_tool.train import DEFAULT_CACHE, TrainOptions, train
 
-        spec = resolve_task(task)
+        tasks = resolve_tasks(task)
+        for path in labels:
+            if not path.is_file():
+                raise UsageError(f"--labels {path}: no such file")
         try:
             HeadConfig(num_classes=2, clip_embed_dim=1, head=head, modality=modality)
         except ValueError as exc:
@@ -65,12 +85,18 @@ def register(app: typer.Typer) -> None:
                        err=True)
         opts = TrainOptions(head=head, modality=modality, text_source=text, optimizer=optimizer, lr=lr,
                             batch_size=batch_size, epochs=epochs, early_stop=early_stop, seed=seed,
-                            skip_bad=skip_bad, splits=splits)
-        metrics = train(data, spec, out, opts, clip_model, pretrained, llava_file, cache_dir or DEFAULT_CACHE,
-                        log=lambda m: typer.echo(m, err=True))
-        dev = metrics["dev"]
-        typer.echo(f"run dir {out}: dev accuracy {dev['accuracy']:.4f}, macro-F1 {dev['macro_f1']:.4f}, "
-                   f"weighted-F1 {dev['weighted_f1']:.4f}")
+                            skip_bad=skip_bad, splits=splits, review_precision=review_precision,
+                            review_threshold=review_threshold)
+        metrics = train(data, tasks, out, opts, clip_model, pretrained, llava_file, cache_dir or DEFAULT_CACHE,
+                        log=lambda m: typer.echo(m, err=True), corrections=list(labels))
+        for name, m in metrics["tasks"].items():
+            for split in ("dev", "test"):
+                if split in m and "ece" in m[split]:
+                    r = m[split]
+                    typer.echo(f"{name} {split}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, "
+                               f"weighted-F1 {r['weighted_f1']:.4f}, ECE {r['ece_uncalibrated']:.4f} -> "
+                               f"{r['ece']:.4f} (T={r['temperature']:.3f})")
+        typer.echo(f"run dir {out}; next: crisis-tool export --model {out} --out BUNDLE_DIR")
 
     @app.command("evaluate")
     def evaluate_cmd(
@@ -83,16 +109,20 @@ def register(app: typer.Typer) -> None:
                                                   help="Confusion matrix PNG (default RUN_DIR/confusion_<split>.png)."),
         cache_dir: Path | None = typer.Option(None, help="Feature cache."),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop rows with missing/unreadable images."),
+        plot: bool = typer.Option(False, "--plot", help="Also draw a reliability diagram per head (RUN_DIR)."),
     ) -> None:
-        """Accuracy, macro/weighted F1, per-class P/R/F1 and a confusion matrix."""
+        """Every head: accuracy, macro/weighted F1, per-class P/R/F1, calibration (ECE, NLL) and review stats."""
         from crisis_tool.evaluate import evaluate_run
         from crisis_tool.train import DEFAULT_CACHE
 
         png = confusion_png or Path(model) / f"confusion_{split}.png"
         report = evaluate_run(model, data, split, llava_file, cache_dir or DEFAULT_CACHE, skip_bad, png,
-                              log=lambda m: typer.echo(m, err=True))
-        _print_report(report)
-        typer.echo(f"confusion matrix: {png}")
+                              log=lambda m: typer.echo(m, err=True), plot_dir=Path(model) if plot else None)
+        for head_report in report["tasks"].values():
+            _print_report(head_report)
+            typer.echo(f"confusion matrix: {head_report.get('confusion_png')}")
+            if "reliability_png" in head_report:
+                typer.echo(f"reliability diagram: {head_report['reliability_png']}")
         if json_out:
             atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
             typer.echo(f"metrics: {json_out}")

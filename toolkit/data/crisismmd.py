@@ -61,6 +61,17 @@ TASKS: dict[str, TaskSpec] = {
 TASK_ALIASES = {"task1": "informative", "task2": "humanitarian", "task3": "damage"}
 
 
+def resolve_tasks(names: str) -> list[TaskSpec]:
+    """Tasks from `--task`: one name, a comma-separated list, or "all" (the three CrisisMMD tasks)."""
+    parts = [n.strip() for n in names.split(",") if n.strip()]
+    if parts == ["all"]:
+        return list(TASKS.values())
+    if not parts:
+        raise UsageError("--task needs a task name (informative, humanitarian, damage), a list or 'all'")
+    tasks = [resolve_task(n) for n in parts]
+    return list({t.name: t for t in tasks}.values())
+
+
 def resolve_task(name: str) -> TaskSpec:
     """A task by name or alias (task1/task2/task3)."""
     key = TASK_ALIASES.get(name.lower(), name.lower())
