@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from crisis_tool.export.options import DEFAULT_GATE_RECORDS
 from crisis_tool.runtime.errors import CrisisToolError, DataError, UsageError
 
 if TYPE_CHECKING:
-    from crisis_tool.export.formats import ExportOptions
-
-DEFAULT_GATE_RECORDS = 512  # the gates use at least this many records when the data has them
+    from crisis_tool.export.options import ExportOptions
 CALIBRATION_RECORDS = 128  # static quantization / TensorRT calibration ranges come from the first ones
 GENERATED = "generated"
 
@@ -53,11 +52,18 @@ class CalibrationSpec:
         if self.data is not None and str(self.data) == "-":
             raise UsageError("--calib-data cannot read stdin: give a file, a folder or a CrisisMMD root")
         if self.task is not None:
-            from crisis_tool.data.crisismmd import SPLITS, resolve_task
+            from crisis_tool.data.crisismmd import SPLITS, resolve_task, split_path
 
-            resolve_task(self.task)  # UsageError naming the known tasks
+            spec = resolve_task(self.task)  # UsageError naming the known tasks
             if self.split not in SPLITS:
                 raise UsageError(f"--split {self.split!r}: choose from {', '.join(SPLITS)}")
+            split_file = split_path(Path(self.data), spec, str(self.split), self.splits)  # type: ignore[arg-type]
+            if not split_file.is_file():
+                raise UsageError(f"--calib-data {self.data}: no {self.split} split for task {spec.name} "
+                                 f"({split_file} not found; `crisis-tool check-data {self.data}` lists what is)")
+        elif self.data is not None and Path(self.data).suffix.lower() == ".tsv" and self.image_root is None:
+            raise UsageError(f"--calib-data {self.data}: a TSV needs --image-root (the folder its image paths are "
+                             "under, e.g. the CrisisMMD folder holding data_image/)")
 
     def describe(self) -> str:
         if self.data is None:

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from crisis_tool.export.calibration import gate_data_for, spec_from_options
-from crisis_tool.export.formats import DEFAULT_MAX_BATCH, ExportOptions, ExportResult, check_request
 from crisis_tool.export.gate_report import failures
 from crisis_tool.export.graphs import build_graph_module
 from crisis_tool.export.onnx_export import export_graph
+from crisis_tool.export.options import DEFAULT_MAX_BATCH, ExportOptions, ExportResult
 from crisis_tool.export.precision import build_variant
 from crisis_tool.export.validate import reference_cases, validate_graphs, validation_batches
 from crisis_tool.runtime.atomic_files import check_writable_dir
@@ -19,9 +19,12 @@ from crisis_tool.runtime.errors import CrisisToolError, UsageError
 
 
 def check_options(opts: ExportOptions) -> tuple[Path, Path]:
-    """(run dir, bundle dir) of a run-dir export; UsageError before any work when the request is unusable."""
-    check_request(opts)
-    assert opts.model is not None and opts.out is not None  # check_request guarantees both
+    """(run dir, bundle dir) of a run-dir export; UsageError before any work when the request is unusable.
+
+    The request itself (format, precision, options the format takes) is checked by `formats.check_request`.
+    """
+    if opts.model is None or opts.out is None:
+        raise UsageError("export needs --model RUN_DIR and --out BUNDLE_DIR")
     out = Path(opts.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not opts.force:
         raise UsageError(f"--out {out} exists and is not empty; choose another path or pass --force")

@@ -8,57 +8,23 @@ one row here and its builder module. Torch-free at import: builders import their
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import Any
 
-from crisis_tool.export.calibration import DEFAULT_GATE_RECORDS
+from crisis_tool.export.options import (
+    BUNDLE,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_OPSET,
+    RUN_DIR,
+    ExportOptions,
+    ExportResult,
+    Progress,
+)
 from crisis_tool.runtime.errors import UsageError
+
+__all__ = ["BUNDLE", "DEFAULT_MAX_BATCH", "DEFAULT_OPSET", "EXPORT_FORMATS", "RUN_DIR", "ExportFormat",
+           "ExportOptions", "ExportResult", "check_request", "export_formats", "run_export"]
 from crisis_tool.runtime.model_spec import PRECISIONS
-
-DEFAULT_MAX_BATCH = 64
-DEFAULT_OPSET = 17
-RUN_DIR, BUNDLE = "run dir", "bundle"
-Progress = Callable[[str], None] | None
-
-
-@dataclass
-class ExportOptions:
-    """One `crisis-tool export` request; the CLI's defaults are read from here."""
-
-    model: Path | None = None  # run dir (formats that build from a run dir)
-    out: Path | None = None  # bundle to write (from a run dir)
-    from_bundle: Path | None = None  # existing bundle (formats that build from a bundle)
-    format: str = "onnx"
-    precision: str | None = None  # None: fp32 from a run dir, the bundle's own precision from a bundle
-    max_batch: int | None = None  # None: DEFAULT_MAX_BATCH from a run dir, the bundle's own from a bundle
-    opset: int = DEFAULT_OPSET
-    force: bool = False
-    tar: bool = False
-    timing_cache: Path | None = None
-    calib_data: Path | None = None  # records for calibration and the parity gates (default: generated inputs)
-    calib_image_root: Path | None = None  # folder a --calib-data TSV's image paths are relative to
-    calib_task: str | None = None  # with --calib-split: --calib-data is a CrisisMMD root
-    calib_split: str | None = None
-    calib_splits: str = "settingA"  # split set under a CrisisMMD root
-    calib_n: int = DEFAULT_GATE_RECORDS  # records used (at most) for calibration and the gates
-
-    @property
-    def bundle_dir(self) -> Path:
-        """The bundle a bundle-built format works on: --from-bundle, or the bundle just written to --out."""
-        path = self.from_bundle or self.out
-        if path is None:
-            raise UsageError("export needs --out BUNDLE_DIR or --from-bundle BUNDLE_DIR")
-        return Path(path)
-
-
-@dataclass
-class ExportResult:
-    out: Path
-    manifest: Any  # crisis_tool.runtime.manifest.Manifest
-    failed: list[str] = field(default_factory=list)
-    tar: Path | None = None
-    built: dict[str, Any] = field(default_factory=dict)  # what a bundle-built format added (e.g. engines)
 
 
 @dataclass(frozen=True)
@@ -70,6 +36,13 @@ class ExportFormat:
     builds_from: str  # RUN_DIR or BUNDLE
     needs: tuple[str, ...]  # "torch", "onnx", "GPU", "TensorRT"
     builder: Callable[[ExportOptions, Progress], ExportResult]
+    writes_out: bool = False  # builds a new --out folder from --from-bundle (triton), instead of adding to it
+    takes: frozenset[str] = frozenset()  # the ExportOptions this format reads beyond the ones every format reads
+
+
+COMMON_OPTIONS = frozenset({"model", "out", "from_bundle", "format", "precision", "max_batch", "force"})
+CALIBRATION_OPTIONS = frozenset({"calib_data", "calib_image_root", "calib_task", "calib_split", "calib_splits",
+                                 "calib_n"})
 
 
 def _build_onnx(opts: ExportOptions, progress: Progress) -> ExportResult:
@@ -92,11 +65,19 @@ def _build_trt(opts: ExportOptions, progress: Progress) -> ExportResult:
     return ExportResult(out=bundle, manifest=Manifest.load(bundle), built=engines)
 
 
+def _build_triton(opts: ExportOptions, progress: Progress) -> ExportResult:
+    from crisis_tool.export.triton_repo import build_triton
+
+    return build_triton(opts, progress)
+
+
 EXPORT_FORMATS: dict[str, ExportFormat] = {
     "onnx": ExportFormat("onnx", "ONNX graphs, validated against PyTorch, in a portable bundle", RUN_DIR,
-                         ("torch", "onnx"), _build_onnx),
+                         ("torch", "onnx"), _build_onnx, takes=CALIBRATION_OPTIONS | {"opset", "tar"}),
     "trt": ExportFormat("trt", "TensorRT engines for this GPU, added to a bundle", BUNDLE,
-                        ("GPU", "TensorRT"), _build_trt),
+                        ("GPU", "TensorRT"), _build_trt, takes=CALIBRATION_OPTIONS | {"timing_cache"}),
+    "triton": ExportFormat("triton", "Triton model repository (ONNX models + ensemble) in --out", BUNDLE, (),
+                           _build_triton, writes_out=True),
 }
 BASE_FORMAT = "onnx"  # the format every bundle starts as
 
@@ -121,11 +102,28 @@ def check_request(opts: ExportOptions) -> ExportFormat:
             bundle_formats = [f.name for f in EXPORT_FORMATS.values() if f.builds_from == BUNDLE]
             raise UsageError(f"--from-bundle builds {', '.join(bundle_formats)}; format {fmt.name!r} builds from "
                              "a run dir (--model RUN_DIR --out BUNDLE_DIR)")
-        if opts.model is not None or opts.out is not None:
+        if opts.model is not None or (opts.out is not None and not fmt.writes_out):
             raise UsageError("--from-bundle adds to that bundle: give no --model or --out")
+        if fmt.writes_out and opts.out is None:
+            raise UsageError(f"--format {fmt.name} writes a new folder: give --out FOLDER with --from-bundle")
     elif opts.model is None or opts.out is None:
         raise UsageError("export needs --model RUN_DIR and --out BUNDLE_DIR (or --from-bundle BUNDLE_DIR)")
+    check_options_taken(opts, fmt)
     return fmt
+
+
+def check_options_taken(opts: ExportOptions, fmt: ExportFormat) -> None:
+    """UsageError naming an option that was set but that no format of this request reads (as ultralytics'
+    `validate_args`): from a run dir, the ONNX bundle is built first, so its options apply too."""
+    takes = COMMON_OPTIONS | fmt.takes
+    if opts.from_bundle is None:
+        takes |= EXPORT_FORMATS[BASE_FORMAT].takes
+    defaults = ExportOptions()
+    unused = [f.name for f in fields(ExportOptions)
+              if f.name not in takes and getattr(opts, f.name) != getattr(defaults, f.name)]
+    if unused:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in unused)
+        raise UsageError(f"{flags} does not apply to --format {fmt.name}")
 
 
 def run_export(opts: ExportOptions, progress: Progress = None) -> ExportResult:

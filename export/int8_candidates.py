@@ -8,8 +8,11 @@ longer a candidate (its names stay in `DYNAMIC_CANDIDATES`, for reading older ma
 * `static-U8S8-per-channel`: every weight node (MatMul / Gemm / Conv with an initializer weight) quantized,
   uint8 activations (min/max calibrated) with int8 per-channel weights: onnxruntime's U8S8 kernels
   (VNNI / AMX where the CPU has them), and what OpenVINO fuses into int8 MatMuls.
-* `static-U8S8-per-channel-float-residual`: the same with the residual-stream writers (attention output and MLP
-  down projections, the widest activations) left in float. Tried only when the first fails its gate: the gate
+* `rowwise-U8S8-per-channel`: no calibration; each activation row (token) is quantized with its own scale,
+  computed from that row alone (`qdq.rowwise_int8_graph`), so it is as invariant as a static scale and follows
+  each record's range; int8 per-channel weights, onnxruntime's MatMulInteger.
+* `static-U8S8-per-channel-float-residual`: the static one with the residual-stream writers (attention output and MLP
+  down projections, the widest activations) left in float. Each candidate is tried only when the ones before fail: the gate
   chooses which outlier layers stay float.
 
 Calibration: the given records (`--calib-data`) or, without them, the gate's own (generated) batches, which the
@@ -34,7 +37,8 @@ from crisis_tool.runtime.batch_invariance import check_batch_invariance, gate_en
 DYNAMIC_CANDIDATES = ("QInt8-per-channel", "QInt8", "QUInt8-per-channel", "QUInt8")  # batch-coupled: never made
 STATIC_CANDIDATE = "static-U8S8-per-channel"
 FLOAT_RESIDUAL_CANDIDATE = "static-U8S8-per-channel-float-residual"
-STATIC_CANDIDATES = (STATIC_CANDIDATE, FLOAT_RESIDUAL_CANDIDATE)
+ROWWISE_CANDIDATE = "rowwise-U8S8-per-channel"
+STATIC_CANDIDATES = (STATIC_CANDIDATE, ROWWISE_CANDIDATE, FLOAT_RESIDUAL_CANDIDATE)  # batch-invariant, tried in order
 TIMING_ROUNDS = 3  # timed rounds after one warm-up round; each round runs every candidate once
 TIMING_BATCH = 8
 INVARIANCE_BATCH = 32
@@ -50,10 +54,12 @@ def make_candidate(name: str, src: Path, dst: Path, calibration: list[dict[str, 
     """Write candidate `name` of graph `src` to `dst`, calibrated on `calibration` feeds."""
     import onnx
 
-    from crisis_tool.export.qdq import name_nodes, qdq_graph, residual_writers, weight_nodes
+    from crisis_tool.export.qdq import name_nodes, qdq_graph, residual_writers, rowwise_int8_graph, weight_nodes
 
     if name == STATIC_CANDIDATE:
         return qdq_graph(src, dst, calibration, flavour="cpu")
+    if name == ROWWISE_CANDIDATE:
+        return rowwise_int8_graph(src, dst)
     if name == FLOAT_RESIDUAL_CANDIDATE:
         model = onnx.load(str(src))
         name_nodes(model)
@@ -145,7 +151,7 @@ def pick_int8(component: str, src: Path, dst: Path, cases: list[ParityCase],
     entries: dict[str, dict[str, Any]] = {}
     for name in candidate_names():
         if passing:
-            break  # a later candidate keeps more layers float: slower; only tried when the earlier ones fail
+            break  # later candidates are slower (per-row scales, float layers): tried only when earlier ones fail
         path = dst.with_name(f"{dst.stem}.{name}.onnx")
         try:
             make_candidate(name, src, path, feeds_for_calibration)

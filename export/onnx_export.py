@@ -11,7 +11,7 @@ import onnx
 import torch
 from torch import nn
 
-from crisis_tool.export.formats import DEFAULT_OPSET
+from crisis_tool.export.options import DEFAULT_OPSET
 from crisis_tool.runtime.errors import CrisisToolError
 from crisis_tool.runtime.model_spec import GraphSpec
 

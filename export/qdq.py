@@ -180,3 +180,63 @@ class _quiet:
         self._out.__exit__(*exc)
         np.seterr(**self._err)
         self._root.setLevel(self._level)
+
+
+ROWWISE_LEVELS = 127.0
+
+
+def rowwise_int8_graph(src: Path, dst: Path, nodes: list[str] | None = None) -> Path:
+    """An int8 copy of `src` at `dst` whose activation scales are computed per row (per token), never per batch.
+
+    Each chosen weight MatMul `X @ W` becomes: s = max(|X|, last axis) / 127 per row; `MatMulInteger(round(X / s)
+    + 128 as uint8, W_int8, zero point 128)` (onnxruntime's U8S8 kernel) times s times the per-column weight
+    scales. Every row is quantized from its own values only, so a record's answer is the same alone or in any
+    batch (unlike onnxruntime's dynamic quantization, whose one scale per tensor couples the batch), and no
+    calibration is needed. `nodes`: weight MatMul names (default: every one of `weight_nodes` that is a MatMul).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    name_nodes(model)
+    inits = {init.name: init for init in model.graph.initializer}
+    wanted = set(weight_nodes(model) if nodes is None else nodes)
+    shared = {"rw_levels": np.float32(ROWWISE_LEVELS), "rw_eps": np.float32(1e-12), "rw_offset": np.float32(128.0)}
+    new_inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in shared.items()]
+    new_inits.append(numpy_helper.from_array(np.asarray(128, dtype=np.uint8), "rw_zero_point"))
+    out_nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.name not in wanted or node.input[1] not in inits:
+            out_nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        if weight.ndim != 2:
+            out_nodes.append(node)
+            continue
+        scale_w = np.maximum(np.abs(weight).max(axis=0), 1e-12) / ROWWISE_LEVELS
+        w_int8 = np.clip(np.round(weight / scale_w), -127, 127).astype(np.int8)
+        p, x = node.name, node.input[0]
+        new_inits += [numpy_helper.from_array(w_int8, f"{p}_w_int8"),
+                      numpy_helper.from_array(scale_w.astype(np.float32), f"{p}_w_scale")]
+        out_nodes += [
+            helper.make_node("Abs", [x], [f"{p}_abs"], name=f"{p}_abs"),
+            helper.make_node("ReduceMax", [f"{p}_abs"], [f"{p}_max"], name=f"{p}_max", axes=[-1], keepdims=1),
+            helper.make_node("Div", [f"{p}_max", "rw_levels"], [f"{p}_s0"], name=f"{p}_s0"),
+            helper.make_node("Max", [f"{p}_s0", "rw_eps"], [f"{p}_scale"], name=f"{p}_scale"),
+            helper.make_node("Div", [x, f"{p}_scale"], [f"{p}_xs"], name=f"{p}_xs"),
+            helper.make_node("Round", [f"{p}_xs"], [f"{p}_xr"], name=f"{p}_xr"),
+            helper.make_node("Add", [f"{p}_xr", "rw_offset"], [f"{p}_xo"], name=f"{p}_xo"),
+            helper.make_node("Cast", [f"{p}_xo"], [f"{p}_xu8"], name=f"{p}_xu8", to=TensorProto.UINT8),
+            helper.make_node("MatMulInteger", [f"{p}_xu8", f"{p}_w_int8", "rw_zero_point"], [f"{p}_acc"],
+                             name=f"{p}_mmi"),
+            helper.make_node("Cast", [f"{p}_acc"], [f"{p}_accf"], name=f"{p}_accf", to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{p}_accf", f"{p}_scale"], [f"{p}_rows"], name=f"{p}_rows"),
+            helper.make_node("Mul", [f"{p}_rows", f"{p}_w_scale"], [node.output[0]], name=f"{p}_cols"),
+        ]
+    del model.graph.node[:]
+    model.graph.node.extend(out_nodes)
+    used = {i for n in model.graph.node for i in n.input}
+    kept = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept + [i for i in new_inits if i.name in used])
+    onnx.save(model, str(dst))
+    return Path(dst)

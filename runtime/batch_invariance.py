@@ -5,8 +5,9 @@
 and reports the largest difference. `target` is one of:
 
 * a `Backend` (encode_image / encode_text / run_head): `inputs` is a `MixedInputs` (None: generated from
-  the backend's `dims`); every head's probs are compared (the bundle's model spec); texts are trimmed as the Predictor trims them (alone: to the record's own length;
-  in the batch: to the batch's longest), so padding that leaks into a record is caught too. Compared: probs.
+  the backend's `dims`). Texts are trimmed as the Predictor trims them (alone: to the record's own length; in
+  the batch: to the batch's longest), so padding that leaks into a record is caught too. Compared: the probs
+  of every head (the bundle's model spec; else the one head).
 * a `Predictor` (has `predict`): `inputs` is a list of `Record`s (None: `mixed_records()`); its embedding
   caches are emptied before every call so that nothing is served from a cache. Compared: every head's probs.
 * a callable `run_fn(feeds) -> array [B, ...]` (one ONNX graph, say): `inputs` is a dict of feeds with the

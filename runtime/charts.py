@@ -135,7 +135,7 @@ def heatmap(matrix: Sequence[Sequence[float]] | np.ndarray, row_labels: Sequence
     fig = _figure(max(side + cell * data.shape[1] + 1.5, 0.09 * len(title) + 1), side + cell * data.shape[0])
     ax = fig.add_subplot()
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, label=f"share of the {ylabel} class (0..1)", shrink=0.8)
+    fig.colorbar(image, ax=ax, label=f"share of the {ylabel} class, 0 to 1", shrink=0.8)
     small = max(data.shape) > 8
     for r in range(data.shape[0]):
         for c in range(data.shape[1]):
@@ -187,7 +187,8 @@ def reliability_png(bins: Sequence[Any], path: str | Path, title: str = "reliabi
     top.grid(alpha=0.3)
     bottom.bar([lo for lo, *_ in table], [c for _, _, c, _, _ in table], [hi - lo for lo, hi, *_ in table],
                align="edge", color="C7", edgecolor="white")
-    bottom.set(xlabel="confidence (max calibrated probability, 0..1)", ylabel="posts")
+    bottom.set(xlabel="confidence (max calibrated probability, 0 to 1)", ylabel="posts")
+    bottom.yaxis.get_major_locator().set_params(integer=True)
     bottom.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -236,17 +237,19 @@ def bench_chart(result: Mapping[str, Any], path: str | Path) -> Path:
         axes[1].set_yscale("log")
     else:
         axes[1].set_ylim(0, None)
-    axes[1].set(ylabel="latency per batch (ms)", title="latency: p50 solid, p99 dashed")
+    log_note = ", log scale" if axes[1].get_yscale() == "log" else ""
+    axes[1].set(ylabel=f"latency per batch (ms{log_note})", title="latency: p50 solid, p99 dashed")
     if scored:
         names = list(series)
         for row in scored:
             name = _series_name(row, several_texts, several_decodes)
             marker = MARKERS[batches.index(row["batch_size"]) % len(MARKERS)]
-            axes[2].scatter(row["items_per_s"], row["macro_f1"], color=f"C{names.index(name)}", marker=marker, s=60)
+            axes[2].scatter(row["items_per_s"], row["macro_f1"], color=f"C{names.index(name)}", marker=marker, s=60,
+                            edgecolors="white", alpha=0.85)
         for j, b in enumerate(batches):
             axes[2].scatter([], [], color="grey", marker=MARKERS[j % len(MARKERS)], label=f"batch {b}")
         axes[2].legend(loc="lower right", fontsize="small", title="marker")
-        axes[2].set(xlabel="throughput (posts/s)", ylabel="macro-F1 (0..1)", ylim=(0, 1.02), xlim=(0, None),
+        axes[2].set(xlabel="throughput (posts/s)", ylabel="macro-F1 (0 to 1)", ylim=(0, 1.02), xlim=(0, None),
                     title="speed against macro-F1")
         axes[2].grid(alpha=0.3)
     header = result.get("header", {})

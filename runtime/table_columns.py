@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich import box
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
 MISSING = "-"
@@ -52,9 +52,11 @@ def rich_table(columns: Sequence[Column], rows: Sequence[Row], title: str | None
 
 
 def wide_enough(console: Console, renderable: RenderableType) -> Console:
-    """`console`, or one as wide as `renderable` needs when that is wider (a `--wide` table is never squeezed;
-    the terminal wraps its lines instead)."""
-    needed = console.measure(renderable, options=console.options.update_width(10_000)).maximum
+    """`console`, or one as wide as the tables in `renderable` (a Table or a Group) need when that is wider: a
+    `--wide` table is never squeezed; the terminal wraps its lines instead."""
+    parts = renderable.renderables if isinstance(renderable, Group) else [renderable]
+    options = console.options.update_width(10_000)
+    needed = max((console.measure(t, options=options).maximum for t in parts if isinstance(t, Table)), default=0)
     if needed <= console.width:
         return console
     return Console(width=needed, file=console.file, force_terminal=console.is_terminal,

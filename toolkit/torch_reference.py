@@ -59,7 +59,7 @@ class TorchBackend(Backend):
         torch_device(device)  # a bad --device is a usage error before any weights load
         reject_options(cls.name, {k: v for k, v in options.items() if k != "providers"})
         if precision not in (None, "fp32"):
-            raise UsageError("the torch reference backend runs fp32 only")
+            raise UsageError(f"the torch reference backend runs fp32 only, not {precision}")
         if threads:
             torch.set_num_threads(int(threads))
         config = bundle.run_config()

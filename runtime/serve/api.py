@@ -144,6 +144,10 @@ def build_api(service: ServiceCore, observe: Any = None) -> FastAPI:
     async def model() -> dict[str, Any]:
         return service.model_info
 
+    @app.get("/v1/stats", summary="This replica's totals: requests, records, batches, uploads, memory")
+    async def stats() -> dict[str, float]:
+        return service.stats()
+
     @app.post("/v1/predict", summary="Classify one record or a list of records", openapi_extra=_PREDICT_BODY)
     async def predict(request: Request) -> JSONResponse:
         body = await read_records(request, JSON_TYPES)

@@ -64,8 +64,8 @@ class UploadGuard:
             raise RequestRejected(408, f"the request body did not arrive within {self.deadline_s:g} s") from None
         except asyncio.CancelledError:
             if upload.cut:
-                raise RequestRejected(408, f"the request body was still arriving when {self.total} others were "
-                                      "in flight; it was cut") from None
+                raise RequestRejected(408, f"cut: {self.total} request bodies were arriving at once and this "
+                                      "one was the oldest") from None
             raise
         finally:
             self._uploads.pop(key, None)

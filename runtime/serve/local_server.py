@@ -19,10 +19,18 @@ from crisis_tool.runtime.serve.service import ServiceCore
 class LocalService(ServiceCore):
     """A ServiceCore that runs each request's records as one Predictor call in a worker thread."""
 
+    batches = 0
+    batched_records = 0
+
     async def predict_records(self, items: list[Record | RecordError]) -> list[Any]:
         predictions = await asyncio.to_thread(self.predictor.predict, items)
+        self.batches += 1
+        self.batched_records += len(items)
         self.trimmer.maybe_trim()
         return predictions
+
+    def stats(self) -> dict[str, float]:
+        return {"batches": self.batches, "batched_records": self.batched_records, **self.guard_stats()}
 
 
 def serve_local(predictor_options: PredictorOptions, serve_options: ServeOptions) -> None:

@@ -112,6 +112,10 @@ class ServiceCore:
         """One Prediction per item, in order (subclasses batch them)."""
         raise NotImplementedError
 
+    def stats(self) -> dict[str, float]:
+        """Totals of this process (subclasses add their batching totals)."""
+        return self.guard_stats()
+
     def guard_stats(self) -> dict[str, float]:
         return {"uploads_in_flight": self.guard.in_flight, "uploads_cut": self.guard.cut_total,
                 "uploads_refused": self.guard.refused_total, "in_flight": self.in_flight,

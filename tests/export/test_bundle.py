@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from crisis_tool.runtime.graph_table import GRAPH_NAMES
 from crisis_tool.runtime.manifest import FORMAT_VERSION, sha256_file
 
 
@@ -22,20 +21,23 @@ def test_manifest_content(tiny_int8_bundle: Path, tiny_run: Path):
     m = json.loads((tiny_int8_bundle / "manifest.json").read_text())
     run_config = json.loads((tiny_run / "config.json").read_text())
     assert m["format_version"] == FORMAT_VERSION
-    assert m["task"] == "informative" and m["labels"] == ["not_informative", "informative"]
+    (head,) = m["spec"]["heads"]
+    assert head["task"] == "informative" and head["labels"] == ["not_informative", "informative"]
+    assert head["graph"] == "head_informative" and head["weights"] == "head_informative.safetensors"
+    assert m["encoders"] == {"model": "crisis-tiny", "pretrained": "none", "random": True}
     assert m["text_source"] == "tweet" and "model" not in m  # the run config is stored once, in model_config.json
     assert m["preprocess"] == run_config["preprocess"]
     assert m["tokenizer"]["sot_token_id"] == 49406 and m["tokenizer"]["eot_token_id"] == 49407
     assert m["tokenizer"]["context_length"] == 77 and (tiny_int8_bundle / m["tokenizer"]["vocab_file"]).is_file()
     assert set(m["graphs"]) == {"fp32", "int8"}
     assert m["graphs"]["fp32"]["text_encoder"]["file"] == "text_encoder.onnx"
-    assert m["graphs"]["int8"]["head"]["file"] == "head.int8.onnx"
-    assert [i["name"] for i in m["graphs"]["fp32"]["head"]["inputs"]] == ["image_embeds", "text_embeds"]
+    assert m["graphs"]["int8"]["head_informative"]["file"] == "head_informative.int8.onnx"
+    assert [i["name"] for i in m["graphs"]["fp32"]["head_informative"]["inputs"]] == ["image_embeds", "text_embeds"]
     assert m["graphs"]["fp32"]["text_encoder"]["inputs"][0] == {"name": "input_ids", "dtype": "int64",
                                                                  "shape": ["B", "L"]}
     assert set(m["versions"]) == {"torch", "open_clip", "onnx", "onnxruntime", "crisis_tool"}
     assert m["created_utc"].endswith("Z") and m["forced"] is False and m["max_batch"] == 8
-    expected = {"head.safetensors", "model_config.json", m["tokenizer"]["vocab_file"]}
+    expected = {"head_informative.safetensors", "model_config.json", m["tokenizer"]["vocab_file"]}
     expected |= {g["file"] for graphs in m["graphs"].values() for g in graphs.values()}
     assert set(m["files"]) == expected
     for rel, meta in m["files"].items():
@@ -53,7 +55,7 @@ def test_verify_and_inspect_cli(tiny_int8_bundle: Path, cli, capsys):
     assert "informative" in out and "parity" in out and "end_to_end" in out and "crisis-tiny" in out
 
 
-@pytest.mark.parametrize("component", GRAPH_NAMES)
+@pytest.mark.parametrize("component", ["image_encoder", "text_encoder", "head_informative"])
 def test_tampered_file_fails_naming_it(bundle_copy: Path, component: str, cli, capsys):
     path = bundle_copy / f"{component}.onnx"
     data = bytearray(path.read_bytes())
@@ -64,9 +66,9 @@ def test_tampered_file_fails_naming_it(bundle_copy: Path, component: str, cli, c
 
 
 def test_missing_file_fails_naming_it(bundle_copy: Path, cli, capsys):
-    (bundle_copy / "head.safetensors").unlink()
+    (bundle_copy / "head_informative.safetensors").unlink()
     assert cli(["verify", bundle_copy]) == 1
-    assert "missing file head.safetensors" in capsys.readouterr().err
+    assert "missing file head_informative.safetensors" in capsys.readouterr().err
 
 
 def test_reference_head_is_refused_before_writing(make_run, tmp_path: Path, cli, capsys):

@@ -37,34 +37,51 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return err[0]
 
 
+def _head(m: dict) -> dict:
+    return m["spec"]["heads"][0]
+
+
 def test_reversed_labels_fail_the_digest(bundle_copy: Path, cli, capsys) -> None:
-    _edit(bundle_copy, lambda m: m.update(labels=m["labels"][::-1]), sign=False)
+    _edit(bundle_copy, lambda m: _head(m).update(labels=_head(m)["labels"][::-1]), sign=False)
     assert cli(["verify", bundle_copy]) == 1
     assert "manifest.json was altered" in _one_error_line(capsys)
 
 
 def test_reversed_labels_with_a_forged_digest_disagree_with_the_hashed_run_config(bundle_copy, cli, capsys):
-    _edit(bundle_copy, lambda m: m.update(labels=m["labels"][::-1]))
+    _edit(bundle_copy, lambda m: _head(m).update(labels=_head(m)["labels"][::-1]))
     assert cli(["verify", bundle_copy]) == 1
     line = _one_error_line(capsys)
     assert "labels" in line and "disagrees with model_config.json" in line
 
 
-@pytest.mark.parametrize("path, problem", [
-    ("/etc/passwd", "absolute"), ("../outside.onnx", "'..'"), ("sub/../head.onnx", "'..'"),
-])
-def test_graph_paths_must_stay_inside(bundle_copy: Path, path: str, problem: str, cli, capsys) -> None:
-    _edit(bundle_copy, lambda m: m["graphs"]["fp32"]["head"].update(file=path))
+@pytest.mark.parametrize("field, value", [("temperature", 0.5), ("review_threshold", 0.01)])
+def test_calibration_is_hashed_and_stated_twice(bundle_copy: Path, field: str, value: float, cli, capsys) -> None:
+    """Temperature and review threshold are in the hashed manifest and the hashed run config: changing the
+    manifest fails its digest, and a forged digest still disagrees with model_config.json."""
+    _edit(bundle_copy, lambda m: _head(m).update({field: value}), sign=False)
+    assert cli(["verify", bundle_copy]) == 1
+    assert "manifest.json was altered" in _one_error_line(capsys)
+    _edit(bundle_copy, lambda m: _head(m).update({field: value}))
     assert cli(["verify", bundle_copy]) == 1
     line = _one_error_line(capsys)
-    assert "graphs.fp32.head.file" in line and problem in line
+    assert field.replace("_", " ") in line and "disagrees with model_config.json" in line
+
+
+@pytest.mark.parametrize("path, problem", [
+    ("/etc/passwd", "absolute"), ("../outside.onnx", "'..'"), ("sub/../head_informative.onnx", "'..'"),
+])
+def test_graph_paths_must_stay_inside(bundle_copy: Path, path: str, problem: str, cli, capsys) -> None:
+    _edit(bundle_copy, lambda m: m["graphs"]["fp32"]["head_informative"].update(file=path))
+    assert cli(["verify", bundle_copy]) == 1
+    line = _one_error_line(capsys)
+    assert "graphs.fp32.head_informative.file" in line and problem in line
     with pytest.raises(BundleError, match=problem.strip("'")):
         Bundle.load(bundle_copy, verify=False)  # refused even unverified
 
 
 def test_unlisted_graph_is_refused(bundle_copy: Path, cli, capsys) -> None:
-    shutil.copyfile(bundle_copy / "head.onnx", bundle_copy / "other_head.onnx")
-    _edit(bundle_copy, lambda m: m["graphs"]["fp32"]["head"].update(file="other_head.onnx"))
+    shutil.copyfile(bundle_copy / "head_informative.onnx", bundle_copy / "other_head.onnx")
+    _edit(bundle_copy, lambda m: m["graphs"]["fp32"]["head_informative"].update(file="other_head.onnx"))
     assert cli(["verify", bundle_copy]) == 1
     assert "other_head.onnx but does not list it" in _one_error_line(capsys)
 
@@ -89,7 +106,7 @@ def test_files_entry_outside_the_bundle_is_refused(bundle_copy: Path, tmp_path: 
     ("null", "must be a JSON object, not null"),
     ("manifest without labels", "'labels' is missing"),
     ("files as a list", "'files' must be a JSON object"),
-    ("size as a string", "'files.head.onnx.size' must be int"),
+    ("size as a string", "'files.head_informative.onnx.size' must be int"),
     ("labels of numbers", "'labels' must be a non-empty list"),
     ("NaN", "NaN is not valid JSON"),
 ])
@@ -98,8 +115,8 @@ def test_wrong_shape_is_one_line_not_a_traceback(bundle_copy: Path, content: str
     text = {
         "manifest without labels": lambda: json.dumps({k: v for k, v in data.items() if k != "labels"}),
         "files as a list": lambda: json.dumps({**data, "files": list(data["files"])}),
-        "size as a string": lambda: json.dumps({**data, "files": {**data["files"], "head.onnx": {
-            **data["files"]["head.onnx"], "size": "12"}}}),
+        "size as a string": lambda: json.dumps({**data, "files": {**data["files"], "head_informative.onnx": {
+            **data["files"]["head_informative.onnx"], "size": "12"}}}),
         "labels of numbers": lambda: json.dumps({**data, "labels": [1, 2]}),
         "NaN": lambda: json.dumps(data).replace('"forced": false', '"forced": NaN'),
     }.get(content, lambda: content)()
@@ -113,7 +130,7 @@ def test_wrong_shape_is_one_line_not_a_traceback(bundle_copy: Path, content: str
 def _replace_head_with_image_encoder(root: Path) -> None:
     """Swap the head graph predict loads for another graph (other input names and widths) and re-hash it."""
     bundle = Bundle.load(root)
-    head = bundle.graph_path_or_fp32("head", bundle.precision)
+    head = bundle.graph_path_or_fp32("head_informative", bundle.precision)
     shutil.copyfile(root / "image_encoder.onnx", head)
     meta = {"sha256": sha256_file(head), "size": head.stat().st_size}
     _edit(root, lambda m: m["files"].update({head.name: meta}))
@@ -132,7 +149,7 @@ def test_replaced_graph_is_refused_at_load_before_any_output(bundle_copy: Path, 
     out.write_text("previous results\n")
     assert cli(["predict", "--bundle", bundle_copy, "--input", src, "--output", out]) == 1
     line = _one_error_line(capsys)
-    assert "head graph inputs are ['pixel_values']" in line and "['image_embeds', 'text_embeds']" in line
+    assert "head_informative graph inputs are ['pixel_values']" in line and "['image_embeds', 'text_embeds']" in line
     assert out.read_text() == "previous results\n"
 
 
@@ -158,8 +175,8 @@ def test_predictor_refuses_a_bundle_with_one_flipped_byte(bundle_copy: Path) -> 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_fifo_named_as_a_graph_does_not_hang(bundle_copy: Path) -> None:
-    (bundle_copy / "head.onnx").unlink()
-    os.mkfifo(bundle_copy / "head.onnx")
+    (bundle_copy / "head_informative.onnx").unlink()
+    os.mkfifo(bundle_copy / "head_informative.onnx")
     code = ("import sys; from crisis_tool.cli import run; sys.exit(run(['verify', sys.argv[1]]))")
     proc = subprocess.run([sys.executable, "-c", code, str(bundle_copy)], capture_output=True, text=True,
                           timeout=60)

@@ -11,7 +11,6 @@ import pytest
 
 from crisis_tool.export.validate import generate_ids, min_cosine, open_session
 from crisis_tool.runtime.bundle import Bundle
-from crisis_tool.runtime.graph_table import GRAPHS
 from crisis_tool.torch_reference import TorchBackend
 
 BATCHES = (1, 3, 8)
@@ -25,7 +24,7 @@ def reference(tiny_int8_bundle: Path) -> TorchBackend:
 @pytest.fixture(scope="module")
 def sessions(tiny_int8_bundle: Path) -> dict:
     bundle = Bundle.load(tiny_int8_bundle)
-    return {c: open_session(bundle.graph_path(c, "fp32")) for c in GRAPHS}
+    return {c: open_session(bundle.graph_path(c, "fp32")) for c in bundle.spec.graph_names}
 
 
 def _inputs(batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,10 +34,11 @@ def _inputs(batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_manifest_records_passing_fp32_gates(tiny_int8_bundle: Path):
     parity = json.loads((tiny_int8_bundle / "manifest.json").read_text())["parity"]["fp32"]
-    assert set(parity) == {"image_encoder", "text_encoder", "head", "end_to_end"}
+    assert set(parity) == {"image_encoder", "text_encoder", "head_informative", "end_to_end:informative"}
     for entry in parity.values():
         assert entry["passed"] and entry["batches"] == list(BATCHES)
-    assert parity["end_to_end"]["max_abs"] <= 1e-4 and parity["end_to_end"]["top1_agreement"] == 1.0
+    e2e = parity["end_to_end:informative"]
+    assert e2e["max_abs"] <= 1e-4 and e2e["top1_agreement"] == 1.0
 
 
 @pytest.mark.parametrize("batch", BATCHES)
@@ -53,18 +53,18 @@ def test_each_graph_and_end_to_end_match_torch(batch, reference, sessions):
     assert min_cosine(img, ref_img) > 0.99999 and np.abs(img - ref_img).max() < 1e-4
     assert min_cosine(txt, ref_txt) > 0.99999 and np.abs(txt - ref_txt).max() < 1e-4
 
-    logits, probs = sessions["head"].run(None, {"image_embeds": ref_img, "text_embeds": ref_txt})
+    logits, probs = sessions["head_informative"].run(None, {"image_embeds": ref_img, "text_embeds": ref_txt})
     assert np.abs(logits - ref_logits).max() < 1e-5 and np.allclose(probs.sum(1), 1.0, atol=1e-6)
     assert np.abs(probs - ref_probs).max() < 1e-5
 
-    e2e, _ = sessions["head"].run(None, {"image_embeds": img, "text_embeds": txt})
+    e2e, _ = sessions["head_informative"].run(None, {"image_embeds": img, "text_embeds": txt})
     assert np.abs(e2e - ref_logits).max() <= 1e-4
     assert (e2e.argmax(1) == ref_logits.argmax(1)).all()
 
 
 def test_graph_io_and_dynamic_axes(tiny_int8_bundle: Path):
     bundle = Bundle.load(tiny_int8_bundle)
-    for component, spec in GRAPHS.items():
+    for component, spec in bundle.spec.graphs().items():
         model = onnx.load(bundle.graph_path(component, "fp32"))
         assert [i.name for i in model.graph.input] == spec.input_names
         assert [o.name for o in model.graph.output] == spec.output_names

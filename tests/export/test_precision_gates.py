@@ -12,12 +12,14 @@ import pytest
 
 from crisis_tool.export import fallback
 from crisis_tool.export.formats import ExportOptions
-from crisis_tool.export.int8_candidates import DYNAMIC_CANDIDATES
+from crisis_tool.export.int8_candidates import STATIC_CANDIDATE, STATIC_CANDIDATES
 from crisis_tool.export.validate import END_TO_END as VALIDATE_E2E
-from crisis_tool.export.validate import GRAPHS as VALIDATE_GRAPHS
 from crisis_tool.export.validate import judge, wilson_interval
 from crisis_tool.runtime.errors import CrisisToolError
-from crisis_tool.runtime.graph_table import END_TO_END, GRAPHS, Tolerance
+from crisis_tool.runtime.model_spec import END_TO_END, HEAD_GATE, IMAGE_GRAPH, TEXT_GRAPH, ModelSpec, Tolerance
+
+GRAPHS = ("image_encoder", "text_encoder", "head_informative")
+E2E = "end_to_end:informative"
 
 
 def _export(run: Path, out: Path, precision: str = "int8", **kw) -> dict:
@@ -35,15 +37,16 @@ def int8_manifest(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 
 # ---------------------------------------------------------------- the gate constants are what the README promises
 def test_gate_constants_are_pinned():
-    assert VALIDATE_GRAPHS is GRAPHS and VALIDATE_E2E is END_TO_END  # the gates use the runtime's table
-    for graph in ("image_encoder", "text_encoder"):
-        assert GRAPHS[graph].tolerance("int8") == Tolerance(min_cosine=0.999)
-        assert GRAPHS[graph].tolerance("fp16") == Tolerance(min_cosine=0.999)
-        assert GRAPHS[graph].tolerance("fp32") == Tolerance(min_cosine=0.99999)
-    assert GRAPHS["head"].tolerance("fp32") == Tolerance(max_abs=1e-4, min_top1=1.0)
+    assert VALIDATE_E2E is END_TO_END  # the gates use the runtime's model spec
+    head = ModelSpec.for_tasks([("damage", ["a", "b", "c"])]).heads[0].graph_spec()
+    for graph in (IMAGE_GRAPH, TEXT_GRAPH):
+        assert graph.tolerance("int8") == Tolerance(min_cosine=0.999)
+        assert graph.tolerance("fp16") == Tolerance(min_cosine=0.999)
+        assert graph.tolerance("fp32") == Tolerance(min_cosine=0.99999)
+    assert head.tolerance("fp32") == Tolerance(max_abs=1e-4, min_top1=1.0) and head.tolerances == HEAD_GATE
     assert END_TO_END["fp32"] == Tolerance(max_abs=1e-4, min_top1=1.0)
     for precision in ("int8", "fp16"):
-        assert GRAPHS["head"].tolerance(precision) == Tolerance(min_top1=0.99)
+        assert head.tolerance(precision) == Tolerance(min_top1=0.99)
         assert END_TO_END[precision] == Tolerance(min_top1=0.99)
 
 
@@ -77,7 +80,10 @@ def test_int8_keeps_the_fastest_passing_candidate(int8_manifest):
     for graph in GRAPHS:
         entry = report[graph]
         assert entry["passed"] and entry["calibration"] == "generated" and entry["n"] == 1 + 3 + 4
-        assert set(entry["candidates"]) == set(DYNAMIC_CANDIDATES)  # no static Q/DQ without real data
+        # static Q/DQ only (calibrated on the gate's own records without --calib-data); the float-residual one
+        # only when the fully quantized one fails
+        assert STATIC_CANDIDATE in entry["candidates"] and set(entry["candidates"]) <= set(STATIC_CANDIDATES)
+        assert all(v["batch_invariant"] for v in entry["candidates"].values() if v["passed"])
         assert entry["fp32_seconds"] > 0
         timed = {k: v["seconds"] for k, v in entry["candidates"].items() if v["passed"]}
         assert all("seconds" not in v for v in entry["candidates"].values() if not v["passed"])
@@ -88,16 +94,19 @@ def test_int8_keeps_the_fastest_passing_candidate(int8_manifest):
             assert entry["chosen"] == min(timed, key=timed.get) and entry["weight_type"] == entry["chosen"]
             assert manifest["graphs"]["int8"][graph]["file"] == f"{graph}.int8.onnx"
             assert (out / f"{graph}.int8.onnx").is_file()
-    lo, hi = report["head"]["top1_interval"]
-    assert lo <= report["head"]["top1_agreement"] <= hi
-    assert report["end_to_end"]["fallback"][0]["fp32"] == []
-    assert not list(out.glob("*.QInt8*")) and not list(out.glob("*.QUInt8*"))  # candidates are scratch
-    ops = {n.op_type for n in onnx.load(out / "image_encoder.int8.onnx").graph.node}
-    assert "MatMulInteger" in ops or "ConvInteger" in ops or "DynamicQuantizeLinear" in ops
+    lo, hi = report["head_informative"]["top1_interval"]
+    assert lo <= report["head_informative"]["top1_agreement"] <= hi
+    assert report[E2E]["fallback"][0]["fp32"] == []
+    assert not list(out.glob("*.static-*"))  # candidates are scratch
+    quantized = sorted(out.glob("*.int8.onnx"))
+    assert quantized  # at least the head is int8 on the tiny model
+    for path in quantized:  # static scales only: nothing computes an activation scale per batch
+        ops = {n.op_type for n in onnx.load(path).graph.node}
+        assert "QuantizeLinear" in ops and "DynamicQuantizeLinear" not in ops, path.name
 
 
 def test_graph_failing_every_candidate_stays_fp32(monkeypatch, tiny_run, tmp_path):
-    monkeypatch.setitem(GRAPHS["image_encoder"].tolerances, "int8", Tolerance(min_cosine=1.5))
+    monkeypatch.setitem(IMAGE_GRAPH.tolerances, "int8", Tolerance(min_cosine=1.5))
     manifest = _export(tiny_run, tmp_path / "b")
     entry = manifest["parity"]["int8"]["image_encoder"]
     assert entry["chosen"] == "fp32" and "no int8 candidate passed its gate" in entry["why"]
@@ -107,44 +116,79 @@ def test_graph_failing_every_candidate_stays_fp32(monkeypatch, tiny_run, tmp_pat
 
 
 # ---------------------------------------------------------------- the end-to-end fallback
-def test_fallback_order_and_all_fp32_excluded():
-    everything = ["image_encoder", "text_encoder", "head"]
-    assert fallback.combinations(everything) == [[], ["head"], ["head", "text_encoder"]]
-    assert fallback.combinations(["image_encoder", "head"]) == [[], ["head"]]
-    assert fallback.combinations(["head"]) == [[]]
+THREE = ModelSpec.for_tasks([("informative", ["n", "y"]), ("humanitarian", ["a", "b"]), ("damage", ["x", "z"])])
+
+
+def _fake_end_to_end(fails):
+    """check_end_to_end stand-in: head `task` fails while `fails(task, fp32 graphs)` is true."""
+    def check(spec, paths, cases, precision):
+        fp32 = sorted(g for g, p in paths.items() if not p.name.endswith(".int8.onnx"))
+        return {f"end_to_end:{h.task}": {"passed": not fails(h.task, fp32), "top1_agreement": 0.5, "n": 8}
+                for h in spec.heads}
+    return check
+
+
+def _choose(monkeypatch, fails):
+    monkeypatch.setattr(fallback, "check_end_to_end", _fake_end_to_end(fails))
+    graphs = THREE.graph_names
+    paths = {g: Path(f"{g}.int8.onnx") for g in graphs}
+    fp32 = {g: Path(f"{g}.onnx") for g in graphs}
+    entries = {g: {"chosen": "static"} for g in graphs}
+    kept, report = fallback.choose_combination(THREE, "int8", paths, fp32, entries, [])
+    return kept, report, entries
+
+
+def test_a_head_that_fails_falls_back_alone(monkeypatch):
+    kept, report, entries = _choose(monkeypatch, lambda task, fp32: task == "damage" and "head_damage" not in fp32)
+    assert kept["head_damage"].name == "head_damage.onnx"
+    assert all(kept[g].name.endswith(".int8.onnx") for g in THREE.graph_names if g != "head_damage")
+    assert [t["fp32"] for t in report["end_to_end:damage"]["fallback"]] == [[], ["head_damage"]]
+    assert entries["head_damage"]["chosen"] == "fp32" and entries["head_informative"]["chosen"] == "static"
+    assert all(entry["passed"] for entry in report.values())
+
+
+def test_encoders_fall_back_text_first_then_image(monkeypatch):
+    kept, report, _ = _choose(monkeypatch, lambda task, fp32: "image_encoder" not in fp32)
+    tried = [t["fp32"] for t in report["end_to_end:informative"]["fallback"]]
+    heads = ["head_informative", "head_humanitarian", "head_damage"]
+    assert tried == [[], heads, [*heads, "text_encoder"]]  # then all fp32: no variant at all
+    assert not any(entry["passed"] for entry in report.values())
+    assert all(p.name.endswith(".int8.onnx") for p in kept.values())  # the failed attempt's paths, marked failed
 
 
 def test_end_to_end_failure_falls_back_to_fp32_head(monkeypatch, tiny_run, tmp_path, capsys):
     real = fallback.check_end_to_end
 
-    def failing_with_int8_head(paths, cases, precision):
-        report = real(paths, cases, precision)
-        if paths["head"].name.endswith(".int8.onnx"):
-            report = {**report, "top1_agreement": 0.5, "passed": False}
+    def failing_with_int8_head(spec, paths, cases, precision):
+        report = real(spec, paths, cases, precision)
+        if paths["head_informative"].name.endswith(".int8.onnx"):
+            report = {k: {**v, "top1_agreement": 0.5, "passed": False} for k, v in report.items()}
         return report
 
     monkeypatch.setattr(fallback, "check_end_to_end", failing_with_int8_head)
     out = tmp_path / "b"
     manifest = _export(tiny_run, out)
     report = manifest["parity"]["int8"]
-    tried = report["end_to_end"]["fallback"]
-    assert [t["fp32"] for t in tried] == [[], ["head"]] and [t["passed"] for t in tried] == [False, True]
-    assert report["head"]["chosen"] == "fp32" and "end-to-end fallback" in report["head"]["why"]
-    assert manifest["graphs"]["int8"]["head"]["file"] == "head.onnx" and not (out / "head.int8.onnx").exists()
+    tried = report[E2E]["fallback"]
+    assert [t["fp32"] for t in tried] == [[], ["head_informative"]]
+    assert [t["passed"] for t in tried] == [False, True]
+    assert report["head_informative"]["chosen"] == "fp32"
+    assert "end-to-end fallback" in report["head_informative"]["why"]
+    assert manifest["graphs"]["int8"]["head_informative"]["file"] == "head_informative.onnx"
+    assert not (out / "head_informative.int8.onnx").exists()
     assert manifest["validated"]["int8"] is True
 
 
-def test_only_all_fp32_passing_fails_listing_every_attempt(monkeypatch, tiny_run, tmp_path):
+def test_only_all_fp32_passing_fails_with_a_short_line_per_gate(monkeypatch, tiny_run, tmp_path):
     monkeypatch.setitem(END_TO_END, "int8", Tolerance(min_top1=1.5))
     out = tmp_path / "nested" / "b"
     out.parent.mkdir()
     with pytest.raises(CrisisToolError) as info:
         _export(tiny_run, out)
-    message = str(info.value)
-    assert "parity gate failed" in message and "int8 end_to_end" in message
-    for attempt in ("fp32=none", "fp32=head:", "fp32=head+text_encoder:"):
-        assert attempt in message
-    assert "candidates image_encoder:" in message and "QInt8-per-channel" in message
+    lines = str(info.value).splitlines()
+    assert "parity gate failed" in lines[0]
+    assert any(f"int8 {E2E}: top1_agreement" in line and "< 1.5" in line for line in lines[1:])
+    assert all(len(line) <= 200 for line in lines), lines
     assert not out.exists() and not list(out.parent.iterdir())  # nothing written, no temp dir left
 
 
@@ -152,7 +196,8 @@ def test_force_writes_bundle_marked_forced(monkeypatch, tiny_run, tmp_path):
     monkeypatch.setitem(END_TO_END, "int8", Tolerance(min_top1=1.5))
     manifest = _export(tiny_run, tmp_path / "forced", force=True)
     assert manifest["forced"] is True and manifest["validated"]["int8"] is False
-    assert manifest["parity"]["int8"]["end_to_end"]["passed"] is False
+    assert manifest["parity"]["int8"][E2E]["passed"] is False
+    assert manifest["parity"]["int8"][E2E]["fallback"]  # every attempt is recorded
 
 
 def test_fp16_variant_keeps_norms_in_fp32(tiny_run, tmp_path):
@@ -170,4 +215,4 @@ def test_fp16_variant_keeps_norms_in_fp32(tiny_run, tmp_path):
     for node in model.graph.node:
         if node.op_type == "LayerNormalization":
             assert not set(node.input[1:]) & fp16_inits  # LayerNorm scale/bias stay fp32
-    assert np.isfinite(manifest["parity"]["fp32"]["end_to_end"]["max_abs"])
+    assert np.isfinite(manifest["parity"]["fp32"][E2E]["max_abs"])

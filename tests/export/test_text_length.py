@@ -11,7 +11,7 @@ import torch
 from crisis_tool.export.graphs import TextEncoderGraph
 from crisis_tool.export.onnx_export import export_graph
 from crisis_tool.export.validate import open_session
-from crisis_tool.runtime.graph_table import GRAPHS
+from crisis_tool.runtime.model_spec import TEXT_GRAPH
 from crisis_tool.runtime.tokenizer import ClipTokenizer
 
 TEXTS = [
@@ -39,7 +39,7 @@ def tokenizer(tiny_clip) -> ClipTokenizer:
 def text_graph(tiny_clip, tokenizer, tmp_path_factory):
     module = TextEncoderGraph(tiny_clip.model, tokenizer.eot_token_id).eval()
     path = tmp_path_factory.mktemp("text") / "text_encoder.onnx"
-    export_graph(module, GRAPHS["text_encoder"], path, {"D": tiny_clip.embed_dim, "eot": tokenizer.eot_token_id})
+    export_graph(module, TEXT_GRAPH, path, {"D": tiny_clip.embed_dim, "eot": tokenizer.eot_token_id})
     return module, open_session(path)
 
 

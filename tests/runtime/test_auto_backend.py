@@ -40,7 +40,7 @@ class Fake(Backend):
 
     def __init__(self, bundle: Bundle, precision: str | None = None) -> None:
         self.precision = precision or "fp32"
-        self.d, self.c = bundle.dims["D"], bundle.dims["C"]
+        self.d, self.c = bundle.dims["D"], bundle.dims.get("C", 3)  # C: per head in multi-task bundles
         rng = np.random.default_rng(0)
         self.wi = rng.normal(size=(3, self.d))
         self.wt = rng.normal(size=(1, self.d))
@@ -56,10 +56,10 @@ class Fake(Backend):
         return out.astype(np.float32)
 
     def encode_text(self, ids: np.ndarray) -> np.ndarray:
-        return ((ids % 97).sum(axis=1, keepdims=True) / 97.0 @ self.wt + 1.0).astype(np.float32)
+        return ((ids % 97).sum(axis=1, keepdims=True) / (97.0 * 77) @ self.wt + 1.0).astype(np.float32)
 
     def run_head(self, image: np.ndarray, text: np.ndarray, task: str | None = None):
-        logits = np.concatenate([image, text], axis=1) @ self.wh
+        logits = np.concatenate([image, text], axis=1) @ self.wh / self.d
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return logits.astype(np.float32), (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
@@ -111,7 +111,8 @@ def test_a_faster_but_batch_coupled_backend_is_refused(registry, bundle):
     registry("coupled", cost=1.0, coupling=0.5)
     choice = auto.choose(bundle)
     assert choice.backend == "honest"
-    assert choice.probes["coupled fp32"]["passed"] is False and "batch invariance" in choice.probes["coupled fp32"]["why"]
+    coupled = choice.probes["coupled fp32"]
+    assert coupled["passed"] is False and "batch invariance" in coupled["why"]
 
 
 def test_a_faster_backend_that_disagrees_with_fp32_is_refused(registry, bundle):

@@ -27,7 +27,8 @@ class FakeBackend(Backend):
     def __init__(self, bundle: Bundle, precision: str | None = None) -> None:
         self.precision = precision or "fp32"
         self.dims = bundle.dims
-        self.weights = bundle.graph_path("head", "fp32")
+        self.spec = bundle.spec
+        self.weights = bundle.graph_path(bundle.spec.heads[0].graph, "fp32")
 
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
         return np.repeat(pixel_values.mean(axis=(1, 2, 3))[:, None], self.dims["D"], axis=1).astype(np.float32)
@@ -35,8 +36,10 @@ class FakeBackend(Backend):
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
         return np.repeat((input_ids != 0).sum(1, keepdims=True), self.dims["D"], axis=1).astype(np.float32)
 
-    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits = np.tile(np.arange(self.dims["C"], dtype=np.float32), (len(image_embeds), 1))
+    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        classes = len((self.spec.head(task) if task else self.spec.heads[0]).labels)
+        logits = np.tile(np.arange(classes, dtype=np.float32), (len(image_embeds), 1))
         e = np.exp(logits - logits.max(1, keepdims=True))
         return logits, e / e.sum(1, keepdims=True)
 
@@ -104,7 +107,8 @@ def test_bench_runs_the_fake_backend(fake_registered, tiny_bundle: Path, tmp_pat
     for variant, precision in (("fake", "fp32"), ("fake-int8", "int8")):
         row = rows[variant]
         assert row["status"] == "ok" and row["provider"] == "fake-device" and row["precision"] == precision
-        head = Bundle.load(tiny_bundle).graph_path("head", "fp32")
+        bundle = Bundle.load(tiny_bundle)
+        head = bundle.graph_path(bundle.spec.heads[0].graph, "fp32")
         assert row["model_mb"] == pytest.approx(head.stat().st_size / 1e6, abs=1e-3)  # from files()
         assert row["top1_agreement"] is not None and row["max_abs_diff"] > 0  # differs from onnxruntime
 

@@ -69,7 +69,7 @@ def test_bench_markdown_and_plot(cli_run: tuple[int, Path]) -> None:
     md = (out / "b.md").read_text().splitlines()
     table = [line for line in md if line.startswith("|")]
     assert table[0].startswith("| backend | prec | provider | batch | text | status |")
-    assert set(table[1]) <= {"|", "-"} and len(table) == 2 + 8
+    assert set(table[1]) <= {"|", "-", ":"} and len(table) == 2 + 8
     assert any("unavailable" in line and "tensorrt" in line for line in table)
     assert any(line.startswith("- CPU: ") for line in md)
     png = (out / "b.png").read_bytes()

@@ -153,7 +153,7 @@ def test_max_drop_exit_code_and_one_line(tiny_bundle: Path, labelled_jsonl: Path
     assert len(err) == 1 and err[0].startswith("error: rolled batch 2: accuracy")
     table = [line for line in md.read_text().splitlines() if line.startswith("|")]
     assert "| acc | Δacc | macro-F1 | ΔmF1 | w-F1 | ΔwF1 | failed |" in table[0]
-    assert any(line.startswith("| rolled |") and "| 0.0000 | -1.0000 |" in line for line in table)
+    assert any(line.startswith("| rolled fp32 |") and "| 0.0000 | -1.0000 |" in line for line in table)
     assert run([*base, "--backends", "onnxruntime"]) == 0
 
 
@@ -167,9 +167,9 @@ def test_speed_against_macro_f1_plot(tiny_bundle: Path, labelled_jsonl: Path, tm
     path = write_plot(run_bench(opts), tmp_path / "speed_f1.png")
     with Image.open(path) as img:
         pixels = np.asarray(img.convert("RGB"))
-    # two points (batch 1 and 2) in the first two palette colours: blue and orange discs are drawn
-    for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):
-        assert (np.abs(pixels.astype(int) - colour).sum(axis=2) == 0).sum() > 20
+    # three panels (throughput, latency, speed against macro-F1), onnxruntime's lines in the first colour
+    assert pixels.shape[1] == 3 * 520
+    assert (np.abs(pixels.astype(int) - (0x1F, 0x77, 0xB4)).sum(axis=2) == 0).sum() > 200
 
 
 def test_cli_data_task_split_on_a_synthetic_crisismmd_root(tiny_bundle: Path, tmp_path: Path) -> None:

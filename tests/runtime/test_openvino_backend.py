@@ -21,12 +21,13 @@ from crisis_tool.runtime.backends import (  # noqa: E402 - after the importorski
 from crisis_tool.runtime.backends.openvino_backend import PRECISION_MODES, OpenVinoBackend, has_bf16  # noqa: E402
 from crisis_tool.runtime.bundle import Bundle  # noqa: E402
 from crisis_tool.runtime.errors import MissingDependencyError, UsageError  # noqa: E402
-from crisis_tool.runtime.graph_table import END_TO_END, GRAPHS, IMAGE_ENCODER, TEXT_ENCODER  # noqa: E402
+from crisis_tool.runtime.model_spec import END_TO_END, IMAGE_ENCODER, IMAGE_GRAPH, TEXT_ENCODER, TEXT_GRAPH  # noqa: E402
 from crisis_tool.runtime.tokenizer import ClipTokenizer  # noqa: E402
 
 TEXTS = ["Bridge washed out on Route 9", "no damage here", "storm", "Flooded streets downtown, cars under water",
          "#hurricane power lines down", "rescue teams at the school", "ok", "roof torn off the church"] * 2
 N = len(TEXTS)
+ENCODER_GATES = {IMAGE_ENCODER: IMAGE_GRAPH, TEXT_ENCODER: TEXT_GRAPH}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def top1(a: np.ndarray, b: np.ndarray) -> float:
 
 def assert_within_reduced_gate(got, reference, precision: str) -> None:
     for graph, out, ref in zip((IMAGE_ENCODER, TEXT_ENCODER), got[:2], reference[:2], strict=True):
-        assert cosines(out, ref).min() >= GRAPHS[graph].tolerance(precision).min_cosine, graph
+        assert cosines(out, ref).min() >= ENCODER_GATES[graph].tolerance(precision).min_cosine, graph
     assert top1(got[2], reference[2]) >= END_TO_END[precision].min_top1
 
 
@@ -80,11 +81,11 @@ def test_fp32_matches_onnxruntime_within_the_fp32_gate(bundle: Bundle, inputs, r
     assert backend.inference_precision == "f32"
     for graph, out, ref in zip((IMAGE_ENCODER, TEXT_ENCODER), got[:2], reference[:2], strict=True):
         assert out.dtype == np.float32 and out.shape == ref.shape
-        assert cosines(out, ref).min() >= GRAPHS[graph].tolerance("fp32").min_cosine, graph
+        assert cosines(out, ref).min() >= ENCODER_GATES[graph].tolerance("fp32").min_cosine, graph
     gate = END_TO_END["fp32"]
     assert np.abs(got[2] - reference[2]).max() <= gate.max_abs
     assert top1(got[2], reference[2]) >= gate.min_top1
-    assert {p.name for p in backend.files()} == {"image_encoder.onnx", "text_encoder.onnx", "head.onnx"}
+    assert {p.name for p in backend.files()} == {"image_encoder.onnx", "text_encoder.onnx", "head_informative.onnx"}
 
 
 def _cpu_flags() -> set[str]:
@@ -121,7 +122,7 @@ def test_bf16_refused_where_the_device_lacks_it(bundle: Bundle, monkeypatch: pyt
 
 def test_int8_graphs_run_within_the_int8_gate(bundle: Bundle, inputs, reference) -> None:
     backend = create_backend("openvino", bundle, precision="int8")
-    expected = {graph: bundle.graph_path_or_fp32(graph, "int8") for graph in GRAPHS}
+    expected = {graph: bundle.graph_path_or_fp32(graph, "int8") for graph in bundle.spec.graph_names}
     assert backend.files() == sorted(expected.values())
     assert expected[IMAGE_ENCODER].name != "image_encoder.onnx"  # the bundle's int8 image graph, not fp32
     assert_within_reduced_gate(run_all(backend, *inputs), reference, "int8")

@@ -45,9 +45,10 @@ class CountingBackend(Backend):
         self._count("text", len(input_ids))
         return self.inner.encode_text(input_ids)
 
-    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
         self._count("head", len(image_embeds))
-        return self.inner.run_head(image_embeds, text_embeds)
+        return self.inner.run_head(image_embeds, text_embeds, task)
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +242,7 @@ def test_tensorrt_backend_refusals(tiny_bundle: Path, monkeypatch: pytest.Monkey
         monkeypatch.setitem(sys.modules, "crisis_tool.runtime.engine_meta", meta)
     entry = {"file": "engines/image_encoder.fp32.plan", "trt_version": "10.9.0", "gpu_name": "NVIDIA A100",
              "compute_capability": "8.0"}
-    engines = {"fp32": {c: EngineEntry(**entry) for c in ("image_encoder", "text_encoder", "head")}}
+    engines = {"fp32": {c: EngineEntry(**entry) for c in bundle.spec.graph_names}}
     foreign = replace(bundle, manifest=replace(bundle.manifest, engines=engines))
     with pytest.raises(BundleError, match="A100"):
         TensorRTBackend(foreign)

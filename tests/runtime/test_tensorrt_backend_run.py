@@ -25,10 +25,10 @@ import pytest
 
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import BundleError
-from crisis_tool.runtime.graph_table import GRAPHS
 
 EXPORT_TESTS = Path(__file__).parents[1] / "export"
-PROFILE_MAX = {"image_encoder": 8, "text_encoder": 8, "head": 6}
+PROFILE_MAX = {"image_encoder": 8, "text_encoder": 8, "head_damage": 6}  # tiny_bundle: one damage head
+HEAD = "head_damage"
 
 
 def _shared_fake(name: str) -> types.ModuleType:
@@ -52,12 +52,13 @@ class Reference:
     def __init__(self, bundle: Bundle) -> None:
         import onnxruntime as ort
 
+        self.spec = bundle.spec
         self.sessions = {g: ort.InferenceSession(str(bundle.graph_path(g, "fp32")), providers=["CPUExecutionProvider"])
-                         for g in GRAPHS}
+                         for g in self.spec.graph_names}
 
     def __call__(self, graph: str, *arrays: np.ndarray) -> list[np.ndarray]:
         feeds = {name: np.asarray(a, dtype=np.int64 if name == "input_ids" else np.float32)
-                 for name, a in zip(GRAPHS[graph].input_names, arrays, strict=True)}
+                 for name, a in zip(self.spec.graph(graph).input_names, arrays, strict=True)}
         return self.sessions[graph].run(None, feeds)
 
 
@@ -74,7 +75,7 @@ def trt_bundle(tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         fake_tensorrt.RECORD["engines"].append((root / entry["file"]).read_bytes())
         rel = f"engines/{graph}.fp16.engine"
         (root / rel).write_bytes(b"fake-engine:%d" % (len(fake_tensorrt.RECORD["engines"]) - 1))
-        first = GRAPHS[graph].input_names[0]
+        first = Bundle.load(root, verify=False).spec.graph(graph).input_names[0]
         entries[graph] = {"file": rel, "trt_version": fake_tensorrt.__version__, "gpu_name": "NVIDIA FakeGPU 80GB",
                           "compute_capability": "9.0",
                           "profile": {first: {"min": [1], "opt": [4], "max": [PROFILE_MAX[graph]]}}}
@@ -110,7 +111,7 @@ def test_engines_run_with_growing_buffers_and_timed_copies(trt_bundle) -> None:
         np.testing.assert_allclose(img, reference("image_encoder", pixels)[0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(txt, reference("text_encoder", ids)[0], rtol=1e-5, atol=1e-6)
         logits, probs = backend.run_head(img, txt)
-        ref_logits, ref_probs = reference("head", img, txt)[:2]
+        ref_logits, ref_probs = reference(HEAD, img, txt)[:2]
         np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(probs, ref_probs, rtol=1e-5, atol=1e-6)
     assert memory.copies.count("h2d") == 3 * 4 and memory.copies.count("d2h") == 3 * 4
@@ -135,7 +136,7 @@ def test_engine_for_another_gpu_is_refused_with_rebuild_hint(trt_bundle) -> None
 
     bundle, _ = trt_bundle
     engines = bundle.manifest.engines["fp16"]
-    engines = {**engines, "head": replace(engines["head"], gpu_name="Orin (nvgpu)")}
+    engines = {**engines, HEAD: replace(engines[HEAD], gpu_name="Orin (nvgpu)")}
     bundle = replace(bundle, manifest=replace(bundle.manifest, engines={"fp16": engines}))
     with pytest.raises(BundleError, match=r"another machine.*crisis-tool export --from-bundle .* --format trt"):
         TensorRTBackend(bundle, precision="fp16")
@@ -156,7 +157,7 @@ def test_inputs_converted_on_the_host_stay_alive_until_the_copy_ran(trt_bundle) 
     dim = bundle.manifest.dims["D"]
     image_embeds, text_embeds = rng.standard_normal((3, dim)), rng.standard_normal((3, dim))  # float64
     logits, _ = backend.run_head(image_embeds, text_embeds)
-    np.testing.assert_allclose(logits, reference("head", image_embeds, text_embeds)[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, reference(HEAD, image_embeds, text_embeds)[0], rtol=1e-5, atol=1e-6)
     assert memory.syncs >= 2 and not memory.queues  # nothing left pending after a call returns
     backend.close()
 

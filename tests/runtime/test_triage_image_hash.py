@@ -74,10 +74,14 @@ def test_the_int_is_imagehash_phash_bit_for_bit_and_a_path_hashes_like_its_bytes
     assert 0 <= expected < 2**64
 
 
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels, with no pixel data."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return b"\x89PNG\r\n\x1a\n" + chunk
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"") + _chunk(b"IEND", b"")
 
 
 def test_hostile_images_fail_with_one_line_before_decoding() -> None:

@@ -8,7 +8,12 @@ import pytest
 from serve_helpers import b64, png_bytes
 
 from crisis_tool.runtime.records import Record, RecordError
-from crisis_tool.runtime.serve.predict_request import RequestRejected, parse_predict_body
+from crisis_tool.runtime.serve.predict_request import (
+    RequestRejected,
+    describe_duplicates,
+    duplicate_ids,
+    parse_predict_body,
+)
 
 
 def body(obj: object) -> bytes:
@@ -31,10 +36,6 @@ def test_one_record_and_a_list() -> None:
         (b'"a string"', 400, "a record object or a list"),
         (b"[]", 400, "empty list"),
         (body([{"id": i} for i in range(5)]), 413, "5 records in one request; the limit is 4"),
-        (body({"id": "x", "text": "t", "image_b64": "@@not base64@@"}), 400,
-         "record x: field 'image_b64' is not valid"),
-        (body({"id": "x", "text": "t", "image_b64": "abc"}), 400, "not valid base64"),  # bad padding
-        (body({"id": "x", "text": "t", "image_b64": "AAAA!*!*"}), 400, "not valid base64"),  # not the alphabet
     ],
 )
 def test_whole_request_refused(raw: bytes, status: int, message: str) -> None:
@@ -54,6 +55,9 @@ def test_whole_request_refused(raw: bytes, status: int, message: str) -> None:
         ({"id": "z", "text": "t", "image_b64": ""}, "z", "record z: empty image (field 'image_b64' holds 0 bytes)"),
         ({"id": "n", "text": 5, "image_b64": "AAAA"}, "n", "record n: field 'text' must be a string or null"),
         ({"id": "p", "text": "t", "image_b64": 12}, "p", "field 'image_b64' must be a string"),
+        ({"id": "x", "text": "t", "image_b64": "@@not base64@@"}, "x", "record x: field 'image_b64' is not valid"),
+        ({"id": "x", "text": "t", "image_b64": "abc"}, "x", "not valid base64"),  # bad padding
+        ({"id": "x", "text": "t", "image_b64": "AAAA!*!*"}, "x", "not valid base64"),  # not the alphabet
         ("just a string", None, "record #1 of the request is not a JSON object"),
     ],
 )
@@ -63,3 +67,11 @@ def test_bad_record_is_its_own_error(record: object, rid: str | None, message: s
     bad, fine = parsed.items
     assert isinstance(bad, RecordError) and bad.id == rid and message in bad.error
     assert isinstance(fine, Record) and fine.id == "ok"
+
+
+def test_duplicate_ids_are_found_and_described() -> None:
+    found = duplicate_ids(["a", "b", None, "a", None, "b", "a", "c"])
+    assert found == {"a": [1, 4, 7], "b": [2, 6]}
+    assert describe_duplicates(found) == "id 'a' at records 1, 4, 7; id 'b' at records 2, 6"
+    assert describe_duplicates({str(i): [1, 2] for i in range(7)}, limit=2).endswith("; and 5 more")
+    assert duplicate_ids(["a", "b", None, None]) == {}

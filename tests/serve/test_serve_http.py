@@ -177,7 +177,7 @@ def test_list_request_answers_every_record_in_order(server: RunningServer, expec
     assert "no image (field 'image_b64')" in answers[1]["error"]
     assert "no usable field 'id'" in answers[3]["error"]
     assert "record p7: empty text (field 'text')" in answers[4]["error"]
-    assert all(set(a) == {"id", "label", "confidence", "probs", "error"} for a in answers)
+    assert all({"id", "label", "confidence", "probs", "tasks", "error"} <= set(a) for a in answers)
 
 
 def test_load_every_request_answered_as_the_predictor_does(load: LoadResult, expected: dict, capsys) -> None:
@@ -206,7 +206,7 @@ def test_load_forms_batches_across_requests(load: LoadResult, capsys) -> None:
 def test_bad_requests_during_load_get_their_error(load: LoadResult, server: RunningServer) -> None:
     want = {
         "malformed_json": (400, "malformed JSON"),
-        "garbage_base64": (400, "record g: field 'image_b64' is not valid base64"),
+        "garbage_base64": (200, "record g: field 'image_b64' is not valid base64"),
         "oversize_body": (413, f"the limit is {MAX_BODY}"),
         "missing_id": (200, "no usable field 'id'"),
         "missing_image": (200, "record m: no image (field 'image_b64')"),

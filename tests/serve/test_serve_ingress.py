@@ -269,6 +269,20 @@ def test_v2_refusals_are_one_line(local: Local) -> None:
     assert local.call("POST", "/v2/models/other/infer", b"{}")[0] == 404
 
 
+def test_bench_serve_load_rows(local: Local, tiny_bundle: Path) -> None:
+    from crisis_tool.runtime.bench.serve_load import generated_records, predict_row, render, serve_row
+
+    records = generated_records(8)
+    row = serve_row(f"http://127.0.0.1:{local.port}", records, clients=2, seconds=1.0)
+    assert row.posts > 0 and row.errors == 0 and row.mean_batch == 1.0 and row.p50_ms <= row.p99_ms
+    reference = predict_row(tiny_bundle, records, seconds=0.5, threads=1)
+    assert reference.posts >= len(records) and reference.errors == 0
+    lines = render([reference, row]).splitlines()
+    assert len(lines) == 3 and all(len(line) <= 80 for line in lines)
+    assert lines[1].split()[-5] == "1.00" and float(lines[2].split()[-5]) == pytest.approx(
+        row.posts_per_s / reference.posts_per_s, abs=0.01)
+
+
 def vm_rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -117,12 +117,21 @@ def register(app: typer.Typer) -> None:
         max_drop: float | None = typer.Option(None, "--max-drop", help="Exit 1 when an ok row's accuracy, "
                                               "macro-F1 or weighted-F1 is more than this below the reference "
                                               "row's (needs labelled records)."),
+        serve_url: str | None = typer.Option(None, "--serve", help="Load a running `crisis-tool serve` at this "
+                                             "URL instead: one row per --batch-sizes value as concurrent clients, "
+                                             "--seconds each, next to an in-process predict row of --bundle "
+                                             "(bearer token from $CRISIS_SERVE_TOKEN)."),
     ) -> None:
         """Benchmark a bundle: one row per backend x precision x batch size, PyTorch eager as reference.
 
         Rows that cannot run here (no GPU, no TensorRT, a precision the bundle lacks) are reported as
         "unavailable" and do not fail the run.
         """
+        if serve_url is not None:
+            from crisis_tool.runtime.bench.serve_load import run_serve_bench
+
+            typer.echo(run_serve_bench(serve_url, bundle, _ints(batch_sizes, "--batch-sizes"), seconds, threads))
+            return
         from rich.console import Console
 
         from crisis_tool.commands.aliases import deprecated_alias

@@ -14,43 +14,12 @@ from rich.table import Table
 
 from crisis_tool.commands.console import stdout_console
 from crisis_tool.export.formats import BUNDLE, DEFAULT_MAX_BATCH, EXPORT_FORMATS, ExportOptions
-from crisis_tool.runtime.model_spec import PRECISIONS
+from crisis_tool.parity_table import parity_table
 from crisis_tool.runtime.manifest import Manifest
+from crisis_tool.runtime.model_spec import PRECISIONS
 
 console = stdout_console()
 DEFAULTS = {f.name: f.default for f in fields(ExportOptions)}
-
-
-def parity_table(manifest: Manifest) -> Table:
-    """Parity numbers per precision and graph, with pass/fail."""
-    table = Table(title="parity vs PyTorch (ONNX Runtime CPU)")
-    for col in ("precision", "graph", "max abs", "min cosine", "top-1 [95% CI]", "n", "batches", "gate"):
-        table.add_column(col, no_wrap=True)
-    notes = []
-    for precision, report in manifest.parity.items():
-        if not report:
-            table.add_row(precision, "-", "", "", "", "", "", "not validated")
-            notes.append(f"{precision}: {manifest.validated.get(precision, '')}")
-        for name, entry in report.items():
-            if not isinstance(entry, dict):
-                continue
-            gate = "pass" if entry.get("passed") else "FAIL"
-            chosen = entry.get("chosen") or entry.get("weight_type") or entry.get("built_as")
-            if chosen:
-                gate += f" ({chosen})"
-            top1, interval = _fmt(entry.get("top1_agreement")), entry.get("top1_interval")
-            if top1 and isinstance(interval, list) and len(interval) == 2:
-                top1 += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
-            table.add_row(
-                precision, name, _fmt(entry.get("max_abs")), _fmt(entry.get("min_cosine"), ".6f"), top1,
-                _fmt(entry.get("n")), ",".join(map(str, entry.get("batches", []))), gate,
-            )
-    table.caption = "\n".join(notes) or None
-    return table
-
-
-def _fmt(value: Any, spec: str = ".3g") -> str:
-    return "" if value is None else format(value, spec) if isinstance(value, float) else str(value)
 
 
 def summary_table(manifest: Manifest, run_config: dict[str, Any], root: Path) -> Table:
@@ -99,7 +68,8 @@ def register(app: typer.Typer) -> None:
         from_bundle: Path | None = typer.Option(
             None, "--from-bundle", help=f"Existing bundle to add a format to on this machine ({bundle_formats})."
         ),
-        format_: str = typer.Option(DEFAULTS["format"], "--format", "--engine", help=_format_help()),
+        format_: str = typer.Option(DEFAULTS["format"], "--format", help=_format_help()),
+        engine: str | None = typer.Option(None, "--engine", hidden=True, help="Deprecated: --format."),
         precision: str | None = typer.Option(
             None, "--precision", help=f"{', '.join(PRECISIONS)} (default fp32, or the bundle's own)."
         ),
@@ -131,7 +101,10 @@ def register(app: typer.Typer) -> None:
             help="Records of --calib-data used for the gates (the first ones also calibrate)."),
     ) -> None:
         """Export a trained run to a validated, portable bundle (ONNX; TensorRT engines on a GPU)."""
+        from crisis_tool.commands.aliases import deprecated_alias
         from crisis_tool.export.formats import run_export
+
+        format_ = deprecated_alias(format_, engine, "--engine", "--format", unset=DEFAULTS["format"])
 
         opts = ExportOptions(model=model, out=out, from_bundle=from_bundle, format=format_, precision=precision,
                              max_batch=max_batch, opset=opset, force=force, tar=tar, timing_cache=timing_cache,
@@ -147,15 +120,24 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]warning: parity gate failed ({', '.join(result.failed)}); "
                           "bundle written because of --force and marked forced[/yellow]")
         console.print(f"bundle written to {result.out}" + (f" and {result.tar}" if result.tar else ""))
+        typer.echo(f"next: crisis-tool predict --bundle {result.out} --input POSTS.jsonl --output predictions.jsonl; "
+                   f"crisis-tool bench --bundle {result.out}", err=True)
 
     @app.command("inspect")
-    def inspect(bundle: Path = typer.Argument(..., help="Bundle directory.")) -> None:
+    def inspect(
+        bundle: Path = typer.Argument(..., help="Bundle directory."),
+        wide: bool = typer.Option(False, "--wide", help="Every parity column (default: the ones that fit 80 "
+                                  "columns)."),
+    ) -> None:
         """Print a bundle's manifest as a summary and its parity table (without checking hashes)."""
         from crisis_tool.runtime.bundle import Bundle
 
         loaded = Bundle.load(bundle, verify=False)
         console.print(summary_table(loaded.manifest, loaded.run_config(), bundle))
-        console.print(parity_table(loaded.manifest))
+        console.print(parity_table(loaded.manifest, wide=wide))
+        if not wide:
+            typer.echo(f"next: crisis-tool inspect {bundle} --wide for every parity column; crisis-tool verify "
+                       f"{bundle} to check its files", err=True)
 
     @app.command("verify")
     def verify(
