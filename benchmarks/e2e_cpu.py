@@ -112,7 +112,7 @@ def bench(bundle: Path, work: Path, name: str, workload: str, backends: tuple[st
     opts = BenchOptions(bundle=bundle, backends=backends, batch_sizes=sizes, workload=workload, seconds=seconds,
                         warmup=1, text_tokens=text_tokens)
     result = run_bench(opts, progress=lambda msg: print(f"  [{name}] {msg}", file=sys.stderr, flush=True))
-    Console(width=220).print(render_table(result))
+    Console(width=400).print(render_table(result, wide=True))  # every column, as in the Markdown file
     write_json(result, work / f"{name}.json")
     write_markdown(result, work / f"{name}.md")
     write_plot(result, work / f"{name}.png")

@@ -11,9 +11,10 @@ longer a candidate (its names stay in `DYNAMIC_CANDIDATES`, for reading older ma
 * `rowwise-U8S8-per-channel`: no calibration; each activation row (token) is quantized with its own scale,
   computed from that row alone (`qdq.rowwise_int8_graph`), so it is as invariant as a static scale and follows
   each record's range; int8 per-channel weights, onnxruntime's MatMulInteger.
-* `static-U8S8-per-channel-float-residual`: the static one with the residual-stream writers (attention output and MLP
-  down projections, the widest activations) left in float. Each candidate is tried only when the ones before fail: the gate
-  chooses which outlier layers stay float.
+* `static-U8S8-per-channel-float-residual`: the static one with the residual-stream writers (attention output
+  and MLP down projections, the widest activations) left in float.
+
+Each candidate is tried only when the ones before it fail: the gate chooses how much stays float.
 
 Calibration: the given records (`--calib-data`) or, without them, the gate's own (generated) batches, which the
 export already says loudly. Every candidate that passes its parity gate must also pass the batch-invariance

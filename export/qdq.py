@@ -8,7 +8,9 @@ includes -inf) and wrecked the text encoder (cosine 0.14 to fp32 on a tiny bundl
 
 Two flavours: `tensorrt` (int8 activations and weights, both symmetric, per-channel weights: what TensorRT's
 explicit quantization expects) and `cpu` (uint8 activations with int8 per-channel weights: onnxruntime's
-fast U8S8 kernels).
+fast U8S8 kernels, with 7-bit weights: on AVX2 CPUs without VNNI the kernel sums pairs of u8 x s8 products in
+int16, which saturates with 8-bit weights; measured here on an AMD EPYC AVX2 VM, it cost the tiny image encoder
+its gate). `rowwise_int8_graph` quantizes activations per row instead, with no calibration.
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ def qdq_graph(src: Path, dst: Path, feeds: list[dict[str, Any]], flavour: str = 
                 op_types_to_quantize=list(QUANTIZED_OP_TYPES),
                 nodes_to_quantize=nodes,
                 per_channel=True,
+                reduce_range=not tensorrt,  # 7-bit weights: u8 x s8 pairs saturate int16 on AVX2 without VNNI
                 activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.Percentile if tensorrt else CalibrationMethod.MinMax,
@@ -182,17 +185,21 @@ class _quiet:
         self._root.setLevel(self._level)
 
 
-ROWWISE_LEVELS = 127.0
+ROWWISE_LEVELS = 255.0
+# 7-bit weights: AVX2 CPUs without VNNI sum pairs of u8 x s8 products in int16 (vpmaddubsw), which saturates above
+# 2 x 255 x 64; onnxruntime's `reduce_range` does the same. VNNI / AMX would not need it.
+ROWWISE_WEIGHT_LEVELS = 63.0
 
 
 def rowwise_int8_graph(src: Path, dst: Path, nodes: list[str] | None = None) -> Path:
     """An int8 copy of `src` at `dst` whose activation scales are computed per row (per token), never per batch.
 
-    Each chosen weight MatMul `X @ W` becomes: s = max(|X|, last axis) / 127 per row; `MatMulInteger(round(X / s)
-    + 128 as uint8, W_int8, zero point 128)` (onnxruntime's U8S8 kernel) times s times the per-column weight
-    scales. Every row is quantized from its own values only, so a record's answer is the same alone or in any
-    batch (unlike onnxruntime's dynamic quantization, whose one scale per tensor couples the batch), and no
-    calibration is needed. `nodes`: weight MatMul names (default: every one of `weight_nodes` that is a MatMul).
+    Each chosen weight MatMul `X @ W` becomes, per row of X: lo = min(X, 0), hi = max(X, 0), s = (hi - lo) / 255,
+    z = round(-lo / s); `A = clip(round(X / s) + z, 0, 255)` as uint8; `(MatMulInteger(A, W_int8) - z * colsum(W_int8))
+    * s * w_scale` with 7-bit per-column weights (onnxruntime's U8S8 kernel). Every row is quantized from its own
+    values only, so a record's answer is the same alone or in any batch (unlike onnxruntime's dynamic
+    quantization, whose one scale per tensor couples the batch), with the full 8 bits of each row's own range and
+    no calibration. `nodes`: weight MatMul names (default: every 2-D weight MatMul of `weight_nodes`).
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -200,36 +207,48 @@ def rowwise_int8_graph(src: Path, dst: Path, nodes: list[str] | None = None) -> 
     name_nodes(model)
     inits = {init.name: init for init in model.graph.initializer}
     wanted = set(weight_nodes(model) if nodes is None else nodes)
-    shared = {"rw_levels": np.float32(ROWWISE_LEVELS), "rw_eps": np.float32(1e-12), "rw_offset": np.float32(128.0)}
+    shared = {"rw_levels": np.float32(ROWWISE_LEVELS), "rw_eps": np.float32(1e-12), "rw_zero": np.float32(0.0),
+              "rw_top": np.float32(255.0)}
     new_inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in shared.items()]
-    new_inits.append(numpy_helper.from_array(np.asarray(128, dtype=np.uint8), "rw_zero_point"))
     out_nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
-        if node.op_type != "MatMul" or node.name not in wanted or node.input[1] not in inits:
+        weight = numpy_helper.to_array(inits[node.input[1]]) if (
+            node.op_type == "MatMul" and node.name in wanted and node.input[1] in inits) else None
+        if weight is None or weight.ndim != 2:
             out_nodes.append(node)
             continue
-        weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-        if weight.ndim != 2:
-            out_nodes.append(node)
-            continue
-        scale_w = np.maximum(np.abs(weight).max(axis=0), 1e-12) / ROWWISE_LEVELS
-        w_int8 = np.clip(np.round(weight / scale_w), -127, 127).astype(np.int8)
+        weight = weight.astype(np.float32)
+        scale_w = np.maximum(np.abs(weight).max(axis=0), 1e-12) / ROWWISE_WEIGHT_LEVELS
+        w_int8 = np.clip(np.round(weight / scale_w), -ROWWISE_WEIGHT_LEVELS, ROWWISE_WEIGHT_LEVELS).astype(np.int8)
         p, x = node.name, node.input[0]
         new_inits += [numpy_helper.from_array(w_int8, f"{p}_w_int8"),
-                      numpy_helper.from_array(scale_w.astype(np.float32), f"{p}_w_scale")]
+                      numpy_helper.from_array(scale_w.astype(np.float32), f"{p}_w_scale"),
+                      numpy_helper.from_array(w_int8.astype(np.float32).sum(axis=0), f"{p}_w_colsum")]
+
+        def op(kind: str, inputs: list[str], out: str, **attrs: Any) -> onnx.NodeProto:
+            return helper.make_node(kind, inputs, [out], name=out, **attrs)
+
         out_nodes += [
-            helper.make_node("Abs", [x], [f"{p}_abs"], name=f"{p}_abs"),
-            helper.make_node("ReduceMax", [f"{p}_abs"], [f"{p}_max"], name=f"{p}_max", axes=[-1], keepdims=1),
-            helper.make_node("Div", [f"{p}_max", "rw_levels"], [f"{p}_s0"], name=f"{p}_s0"),
-            helper.make_node("Max", [f"{p}_s0", "rw_eps"], [f"{p}_scale"], name=f"{p}_scale"),
-            helper.make_node("Div", [x, f"{p}_scale"], [f"{p}_xs"], name=f"{p}_xs"),
-            helper.make_node("Round", [f"{p}_xs"], [f"{p}_xr"], name=f"{p}_xr"),
-            helper.make_node("Add", [f"{p}_xr", "rw_offset"], [f"{p}_xo"], name=f"{p}_xo"),
-            helper.make_node("Cast", [f"{p}_xo"], [f"{p}_xu8"], name=f"{p}_xu8", to=TensorProto.UINT8),
-            helper.make_node("MatMulInteger", [f"{p}_xu8", f"{p}_w_int8", "rw_zero_point"], [f"{p}_acc"],
-                             name=f"{p}_mmi"),
-            helper.make_node("Cast", [f"{p}_acc"], [f"{p}_accf"], name=f"{p}_accf", to=TensorProto.FLOAT),
-            helper.make_node("Mul", [f"{p}_accf", f"{p}_scale"], [f"{p}_rows"], name=f"{p}_rows"),
+            op("ReduceMin", [x], f"{p}_min", axes=[-1], keepdims=1),
+            op("ReduceMax", [x], f"{p}_max", axes=[-1], keepdims=1),
+            op("Min", [f"{p}_min", "rw_zero"], f"{p}_lo"),
+            op("Max", [f"{p}_max", "rw_zero"], f"{p}_hi"),
+            op("Sub", [f"{p}_hi", f"{p}_lo"], f"{p}_range"),
+            op("Div", [f"{p}_range", "rw_levels"], f"{p}_s0"),
+            op("Max", [f"{p}_s0", "rw_eps"], f"{p}_scale"),
+            op("Div", [f"{p}_lo", f"{p}_scale"], f"{p}_z0"),
+            op("Round", [f"{p}_z0"], f"{p}_z1"),
+            op("Neg", [f"{p}_z1"], f"{p}_zp"),
+            op("Div", [x, f"{p}_scale"], f"{p}_xs"),
+            op("Round", [f"{p}_xs"], f"{p}_xr"),
+            op("Add", [f"{p}_xr", f"{p}_zp"], f"{p}_xz"),
+            op("Clip", [f"{p}_xz", "rw_zero", "rw_top"], f"{p}_xc"),
+            op("Cast", [f"{p}_xc"], f"{p}_xu8", to=TensorProto.UINT8),
+            op("MatMulInteger", [f"{p}_xu8", f"{p}_w_int8"], f"{p}_acc"),
+            op("Cast", [f"{p}_acc"], f"{p}_accf", to=TensorProto.FLOAT),
+            op("Mul", [f"{p}_zp", f"{p}_w_colsum"], f"{p}_zcorr"),
+            op("Sub", [f"{p}_accf", f"{p}_zcorr"], f"{p}_centred"),
+            op("Mul", [f"{p}_centred", f"{p}_scale"], f"{p}_rows"),
             helper.make_node("Mul", [f"{p}_rows", f"{p}_w_scale"], [node.output[0]], name=f"{p}_cols"),
         ]
     del model.graph.node[:]

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,14 @@ from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.file_guard import UnsafeFileError, read_capped
 from crisis_tool.runtime.image_decode import ImageLimits, check_decode_mode
 from crisis_tool.runtime.model_spec import HeadSpec
-from crisis_tool.runtime.preprocess import PreprocessConfig, load_preprocessed
+from crisis_tool.runtime.preprocess import PreprocessConfig, decode_and_preprocess
 from crisis_tool.runtime.record_text import record_text
 from crisis_tool.runtime.records import Record, RecordError
 from crisis_tool.runtime.text_clean import MAX_TEXT_CHARS
 from crisis_tool.runtime.tokenizer import ClipTokenizer
+from crisis_tool.runtime.triage.grouping import NearDuplicateGrouper
+from crisis_tool.runtime.triage.image_hash import image_hash_of
+from crisis_tool.runtime.triage.text_key import text_key
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +140,7 @@ class _Batch:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     cached: dict[str, np.ndarray] = field(default_factory=dict)
+    hashes: dict[str, int] = field(default_factory=dict)  # sha256 -> near-duplicate image hash (pHash)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -153,6 +157,7 @@ class Predictor:
         image_limits: ImageLimits | None = None,
         decode: str = "exact",
         tasks: str | Sequence[str] | None = None,
+        groups: bool = True,
     ) -> None:
         self.bundle = bundle
         self.backend = backend
@@ -167,6 +172,8 @@ class Predictor:
         self.image_limits = image_limits or ImageLimits()
         self.decode_mode = check_decode_mode(decode)
         self.image_cache = EmbeddingCache(cache_size)
+        self.groups = bool(groups)  # near-duplicate groups (pHash of each image, normalised text)
+        self.image_hashes = EmbeddingCache(cache_size)
         self.text_cache = EmbeddingCache(cache_size)
         self._pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1),
                                         thread_name_prefix="crisis-decode")
@@ -252,18 +259,19 @@ class Predictor:
         timings = dict.fromkeys(TIMING_KEYS, 0.0)
         start = time.perf_counter()
         pending: _Batch | None = None
+        grouper = NearDuplicateGrouper() if self.groups else None  # one streaming pass per call
         try:
             while (items := take(pending is None)) is not None:
                 if not items:  # input paused: answer what we have
-                    yield from self._finish(pending, timings)  # type: ignore[arg-type]
+                    yield from self._finish(pending, timings, grouper)  # type: ignore[arg-type]
                     pending = None
                     continue
                 nxt = self._submit(items, timings)
                 if pending is not None:
-                    yield from self._finish(pending, timings)
+                    yield from self._finish(pending, timings, grouper)
                 pending = nxt
             if pending is not None:
-                yield from self._finish(pending, timings)
+                yield from self._finish(pending, timings, grouper)
                 pending = None
         finally:
             if pending is not None:
@@ -300,16 +308,26 @@ class Predictor:
                 return None, "empty (0 bytes)"
         sha = hashlib.sha256(data).hexdigest()
         cached = self.image_cache.get(sha)
+        known_hash = self.image_hashes.get(sha) if self.groups else None
+        if cached is not None and self.groups and known_hash is None:
+            cached = None  # the embedding is cached but not its near-duplicate hash: decode once more
         with batch.lock:
+            if known_hash is not None:
+                batch.hashes[sha] = int(known_hash)
             if cached is not None:
                 batch.cached[sha] = cached
             if sha in batch.claimed or cached is not None:
                 return sha, None
             batch.claimed.add(sha)
         try:
-            array = load_preprocessed(data, self.preprocess, self.image_limits, self.decode_mode)
+            image, array = decode_and_preprocess(data, self.preprocess, self.image_limits, self.decode_mode)
+            value = image_hash_of(image) if self.groups else None
             with batch.lock:
                 batch.arrays[sha] = array
+                if value is not None:
+                    batch.hashes[sha] = value
+            if value is not None:
+                self.image_hashes.put(sha, np.uint64(value))
         except Exception as exc:  # noqa: BLE001 - any decoder failure is this record's error
             with batch.lock:
                 batch.failures[sha] = str(exc) or type(exc).__name__
@@ -335,7 +353,8 @@ class Predictor:
             "accuracy of this mismatch is unknown", self.text_source,
         )
 
-    def _finish(self, batch: _Batch, timings: dict[str, float]) -> list[Prediction]:
+    def _finish(self, batch: _Batch, timings: dict[str, float], grouper: NearDuplicateGrouper | None = None
+                ) -> list[Prediction]:
         out: list[Prediction | None] = [None] * len(batch.items)
         texts: dict[int, str] = {}
         for i, item in enumerate(batch.items):
@@ -380,6 +399,8 @@ class Predictor:
                     answers[row][head.task] = task_prediction(head, logits[row], probs[row])
             for row, i in enumerate(ok):
                 out[i] = Prediction(batch.items[i].id, answers[row])
+        if grouper is not None:
+            _assign_groups(out, batch, shas, grouper)  # type: ignore[arg-type]
         return out  # type: ignore[return-value]
 
     def _add(self, timings: dict[str, float], key: str, start: float) -> None:
@@ -421,6 +442,19 @@ class Predictor:
                     found[missing_keys[row]] = emb
                     self.text_cache.put(missing_keys[row], emb)
         return _stack_found(found, keys)
+
+
+def _assign_groups(out: list[Prediction], batch: _Batch, shas: dict[int, str],
+                   grouper: NearDuplicateGrouper) -> None:
+    """Set `group` and `duplicate_of` on every answered record, in input order: near-duplicate images (pHash)
+    or the same normalised tweet text (RT prefix, mentions, URLs, case and spacing removed), transitively."""
+    for i, prediction in enumerate(out):
+        record = batch.items[i]
+        if prediction.error is not None or prediction.id is None or not isinstance(record, Record):
+            continue
+        image_hash = batch.hashes.get(shas[i]) if i in shas else None
+        assignment = grouper.add(str(prediction.id), image_hash, text_key(record.text))
+        out[i] = replace(prediction, group=assignment.group, duplicate_of=assignment.duplicate_of)
 
 
 def _stack_found(found: dict[str, np.ndarray | None], keys: list[str]) -> np.ndarray:

@@ -155,7 +155,16 @@ def load_preprocessed(
     held to a model-input cosine >= 0.9999 against exact (`benchmarks/decode_speed.py`; min 0.999903 on the 4
     shared photos at 680x510 to 2048x1536 JPEG).
     """
+    return decode_and_preprocess(source, cfg, limits, decode)[1]
+
+
+def decode_and_preprocess(
+    source: ImageSource, cfg: PreprocessConfig | None = None, limits: ImageLimits | None = None,
+    decode: str = "exact",
+) -> tuple[Image.Image, np.ndarray]:
+    """(the decoded image, its preprocessed float32 [3, size, size]): `load_preprocessed` that also returns the
+    image, so a caller can derive more from one decode (e.g. the near-duplicate hash)."""
     cfg = cfg or PreprocessConfig()
     fast = check_decode_mode(decode) == "fast"
     image = load_image(source, limits, reduce_to=2 * cfg.size if fast else None)
-    return preprocess_image(image, cfg, reducing_gap=FAST_REDUCING_GAP if fast else None)
+    return image, preprocess_image(image, cfg, reducing_gap=FAST_REDUCING_GAP if fast else None)

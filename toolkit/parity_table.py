@@ -1,7 +1,7 @@
 """The parity table of `export` and `inspect`: one row per precision and graph, from one column list.
 
-By default the columns that fit 80 terminal columns (precision, graph, min cosine, top-1 with its 95% interval,
-samples, gate); `wide` adds max abs, batches, limits, calibration source and why a candidate was chosen.
+By default the columns that fit 80 terminal columns (prec(ision), graph, min cosine, top-1 with its 95% interval,
+samples, gate); `wide` adds the chosen build (weight type), max abs, batches, limits, calibration source and why.
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ def _top1(row: Row) -> str | None:
 
 def _gate(row: Row) -> str:
     if row.get("_not_validated") is not None:
-        return "not validated"
-    gate = "pass" if row.get("passed") else "FAIL"
-    chosen = row.get("chosen") or row.get("weight_type") or row.get("built_as")
-    return f"{gate} ({chosen})" if chosen else gate
+        return "not run"  # the reason is in the table's caption
+    return "pass" if row.get("passed") else "FAIL"
+
+
+def _chosen(row: Row) -> str | None:
+    return row.get("chosen") or row.get("weight_type") or row.get("built_as")
 
 
 def _num(key: str, spec: str) -> Any:
@@ -37,12 +39,13 @@ def _num(key: str, spec: str) -> Any:
 
 
 PARITY_COLUMNS = (
-    Column("precision", lambda r: r.get("_precision"), left=True),
+    Column("prec", lambda r: r.get("_precision"), left=True),
     Column("graph", lambda r: r.get("_graph"), left=True),
     Column("min cos", _num("min_cosine", ".6f")),
     Column("top-1 [95% CI]", _top1),
     Column("n", _num("n", "d")),
     Column("gate", _gate, left=True),
+    Column("chosen", _chosen, default=False, left=True, optional=True),
     Column("max abs", _num("max_abs", ".3g"), default=False),
     Column("batches", lambda r: ",".join(map(str, r.get("batches") or [])), default=False),
     Column("limits", lambda r: ", ".join(f"{k} {v:g}" for k, v in (r.get("limits") or {}).items()), default=False,

@@ -32,6 +32,7 @@ class LabelledSet:
     labels: dict[int, str]  # index in `items` -> class name (only for Records)
     classes: tuple[str, ...]
     source: str
+    task: str | None = None  # the head the labels are for (None: the bundle's first)
 
     @property
     def records(self) -> list[Record]:

@@ -43,7 +43,9 @@ class BenchOptions:
     decode: tuple[str, ...] = ("exact",)  # image decode modes, one row set each (e2e); "fast" adds a cosine
     # labelled records (`records` with a `label` field/column): task metrics per row (task_metrics)
     label_map: dict[str, str] | None = None  # raw label -> class (a task's merged classes)
-    task: str | None = None  # the task the labels are for; must be the bundle's
+    task: str | None = None  # the head the labels are for (default: the bundle's first head)
+    # further labelled sources, one per other head: (records, image_root, label_map, task)
+    more_labelled: tuple[tuple[Path, Path | None, dict[str, str] | None, str], ...] = ()
     max_drop: float | None = None  # exit 1 when an ok row loses more than this of a metric vs the reference
 
     def check(self) -> None:

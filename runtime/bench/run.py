@@ -15,6 +15,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -191,9 +192,15 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None)
     start = time.perf_counter()
     bundle = Bundle.load(opts.bundle)
     cold = time.perf_counter() - start
-    if opts.task is not None and opts.task != bundle.manifest.task:
-        raise UsageError(f"--task {opts.task}: the bundle {opts.bundle} was trained for task {bundle.manifest.task}")
-    labelled = read_labelled(opts.records, opts.image_root, bundle.labels, opts.label_map) if opts.records else None
+    sources = [(opts.records, opts.image_root, opts.label_map, opts.task), *opts.more_labelled] if opts.records \
+        else []
+    labelled_sets = []
+    for records, image_root, label_map, task in sources:
+        head = bundle.spec.head(task) if task is not None else bundle.spec.heads[0]  # unknown: one line
+        found = read_labelled(records, image_root, head.labels, label_map)
+        if found is not None:
+            labelled_sets.append(replace(found, task=head.task))
+    labelled = labelled_sets[0] if labelled_sets else None
     if opts.max_drop is not None and labelled is None:
         raise UsageError(f"--max-drop: {opts.records} has no 'label' field, so there is no task metric to check")
     header = machine_header(threads, measure_gemm=False)  # the roofline is each engine's own peak (engine_peak)
@@ -232,7 +239,7 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None)
                 header["engine_peaks"] = peaks.header()
             if labelled is not None:
                 say(f"task metrics on {len(labelled)} labelled records")
-                attach_task_metrics(results, rows, labelled, bundle, reference)
+                attach_task_metrics(results, rows, labelled_sets, bundle, reference)
             if "fast" in decodes:
                 say("decode: fast against exact on the same images")
                 images = distinct_images(r for batches in inputs.values() for b in batches for r in b.records)
@@ -248,7 +255,8 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None)
         parity_reference=reference.subject.variant if reference else None, flops_note=flops_note,
         metric_reference=reference.subject.variant if reference and labelled is not None else None,
         labelled=None if labelled is None else {"source": labelled.source, "records": len(labelled),
-                                                "task": opts.task or bundle.manifest.task},
+                                                "task": labelled.task,
+                                                "tasks": {s.task: s.source for s in labelled_sets}},
         timing="wall clock; each call ends with the backend's synchronize() (GPU work included)",
     )
     return {"header": header, "rows": results}

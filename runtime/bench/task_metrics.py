@@ -1,4 +1,7 @@
-"""Task metrics per bench row: accuracy, macro-F1 and weighted-F1 on a labelled set, and the `--max-drop` check.
+"""Task metrics per bench row: accuracy, macro-F1, weighted-F1 and ECE per head, and the `--max-drop` check.
+
+A multi-head bundle is scored on one labelled set per head (each task's own split); the row's top-level
+metric columns are the first head's, and `tasks` holds every head's.
 
 Each ok row classifies the whole labelled set once, outside the timed loop, with its own backend, batch size
 and decode mode (a cache-free Predictor, so every record really runs). Records that fail (an unreadable line,
@@ -20,8 +23,10 @@ from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.classification_metrics import classification_report
 from crisis_tool.runtime.errors import CrisisToolError
 from crisis_tool.runtime.predictor import Prediction, Predictor
+from crisis_tool.runtime.triage.calibration import ece
 
 METRICS = ("accuracy", "macro_f1", "weighted_f1")
+ECE_BINS = 15
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "weighted_f1": "weighted-F1"}
 METRIC_KEYS = (*METRICS, *(f"{m}_diff" for m in METRICS), "scored", "failed")
 
@@ -31,22 +36,39 @@ class MetricDropError(CrisisToolError):
 
 
 def score(predictions: Sequence[Prediction], labelled: LabelledSet) -> dict[str, Any]:
-    """The three metrics over the records predicted without error; `failed` counts every other item."""
+    """The three metrics and the calibrated ECE of `labelled.task`'s head over the records predicted without
+    error; `failed` counts every other item; `review` the share flagged and the accuracy of the rest."""
     if len(predictions) != len(labelled.items):
         raise RuntimeError(f"{len(predictions)} predictions for {len(labelled.items)} records")
     index = {name: i for i, name in enumerate(labelled.classes)}
-    y_true, y_pred = [], []
+    y_true, y_pred, probs, flagged = [], [], [], []
     for i, prediction in enumerate(predictions):
-        if prediction.error is None and prediction.label is not None and i in labelled.labels:
+        answer = _answer(prediction, labelled.task)
+        if prediction.error is None and answer is not None and i in labelled.labels:
             y_true.append(index[labelled.labels[i]])
-            y_pred.append(index[prediction.label])
+            y_pred.append(index[answer.label])
+            probs.append([answer.probs[c] for c in labelled.classes])
+            flagged.append(answer.needs_review)
     failed = len(predictions) - len(y_true)
-    out: dict[str, Any] = dict.fromkeys(METRICS)
+    out: dict[str, Any] = dict.fromkeys((*METRICS, "ece"))
     out.update(scored=len(y_true), failed=failed)
     if y_true:
         report = classification_report(np.asarray(y_true), np.asarray(y_pred), labelled.classes)
         out.update({m: round(float(report[m]), 6) for m in METRICS})
+        out["ece"] = round(ece(np.asarray(probs), np.asarray(y_true), ECE_BINS), 6)
+        if all(f is not None for f in flagged):
+            right = np.asarray(y_true) == np.asarray(y_pred)
+            keep = ~np.asarray(flagged, dtype=bool)
+            out["review_share"] = round(float(1 - keep.mean()), 6)
+            out["unflagged_accuracy"] = round(float(right[keep].mean()), 6) if keep.any() else None
     return out
+
+
+def _answer(prediction: Prediction, task: str | None) -> Any:
+    """The prediction's answer for `task` (the first head's when None), or None."""
+    if task is None:
+        return next(iter(prediction.tasks.values()), None)
+    return prediction.tasks.get(task)
 
 
 def metric_predictor(row: Row, bundle: Bundle) -> Predictor:
@@ -61,15 +83,21 @@ def metric_predictor(row: Row, bundle: Bundle) -> Predictor:
     return subject.predictor
 
 
-def attach_task_metrics(results: list[dict[str, Any]], rows: list[Row], labelled: LabelledSet,
+def attach_task_metrics(results: list[dict[str, Any]], rows: list[Row], labelled: LabelledSet | Sequence[LabelledSet],
                         bundle: Bundle, reference: Row | None) -> None:
-    """Add the metric columns to every ok row, then each metric's difference from the reference row."""
+    """Add the metric columns to every ok row (the first set's head at the top, every head under `tasks`), then
+    each top-level metric's difference from the reference row."""
+    sets = [labelled] if isinstance(labelled, LabelledSet) else list(labelled)
     for res, row in zip(results, rows, strict=True):
         res.update(dict.fromkeys(METRIC_KEYS))
         if res["status"] != "ok" or row.subject.backend is None:
             continue
         try:
-            res.update(score(metric_predictor(row, bundle).predict(labelled.items), labelled))
+            predictor = metric_predictor(row, bundle)
+            per_task = {s.task or bundle.spec.tasks[0]: score(predictor.predict(s.items), s) for s in sets}
+            res.update(next(iter(per_task.values())))
+            if len(per_task) > 1:
+                res["tasks"] = per_task
         except Exception as exc:  # noqa: BLE001 - a row that cannot classify the set says why, bench goes on
             res["metric_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     if reference is None:

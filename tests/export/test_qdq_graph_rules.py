@@ -216,3 +216,52 @@ def test_name_nodes_gives_unique_names_and_keeps_given_ones() -> None:
     model = helper.make_model(graph)
     name_nodes(model)
     assert [n.name for n in model.graph.node] == ["Relu_0_", "Relu_0", "Relu_2"]
+
+
+def test_weights_are_symmetric_and_per_channel(block: Path, tmp_path: Path) -> None:
+    model = onnx.load(str(qdq_graph(block, tmp_path / "q.onnx", feeds(), flavour="tensorrt")))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                 and inits[n.input[0]].ndim == 2]
+    assert len(weight_dq) == 7
+    for node in weight_dq:
+        scale, zero = inits[node.input[1]], inits[node.input[2]]
+        assert scale.shape == (D,) and zero.shape == (D,) and not zero.any(), node.name  # one scale per channel
+
+
+def chain_graph(bias_adds: int) -> onnx.ModelProto:
+    """x -> LN; x_n -> MatMul(W) -> `bias_adds` bias Adds -> + x (which feeds the LN): a residual writer only
+    within one bias hop."""
+    n = helper.make_node
+    nodes = [n("LayerNormalization", ["x", "s", "b"], ["x_n"], name="ln"), n("MatMul", ["x_n", "W"], ["t0"], name="w")]
+    for i in range(bias_adds):
+        nodes.append(n("Add", [f"t{i}", "bias"], [f"t{i + 1}"], name=f"bias{i}"))
+    nodes.append(n("Add", ["x", f"t{bias_adds}"], ["y"], name="residual"))
+    inits = [numpy_helper.from_array(np.ones((D, D), np.float32), "W"),
+             numpy_helper.from_array(np.ones(D, np.float32), "bias"),
+             numpy_helper.from_array(np.ones(D, np.float32), "s"), numpy_helper.from_array(np.ones(D, np.float32), "b")]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", D])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", D])], inits)
+    return helper.make_model(graph)
+
+
+def test_a_writer_is_found_through_at_most_one_bias_add() -> None:
+    assert residual_writers(chain_graph(0)) == ["w"]
+    assert residual_writers(chain_graph(1)) == ["w"]
+    assert residual_writers(chain_graph(2)) == []
+    assert residual_writers(chain_graph(3)) == []
+
+
+def test_a_matmul_without_a_second_input_is_not_a_weight_node() -> None:
+    model = chain_graph(0)
+    model.graph.node.append(helper.make_node("MatMul", ["y"], ["z"], name="broken"))
+    assert weight_nodes(model) == ["w"]
+
+
+def test_uniform_feeds_leaves_other_inputs_alone() -> None:
+    rows = uniform_feeds([{"ids": np.array([[1, 2]], np.int64), "eot": np.array([1], np.int64),
+                           "emb": np.ones((1, 3), np.float32)},
+                          {"ids": np.array([[1, 2, 3]], np.int64), "eot": np.array([2], np.int64),
+                           "emb": np.ones((1, 3), np.float32)}])
+    assert [r["eot"].tolist() for r in rows] == [[1], [2]]  # 1-D ids are not padded
+    assert [r["ids"].shape for r in rows] == [(1, 3), (1, 3)] and rows[1]["emb"].shape == (1, 3)

@@ -57,7 +57,7 @@ def test_bench_cli_rows_and_json(cli_run: tuple[int, Path], tiny_bundle: Path) -
         # torch and onnxruntime fp32 run the same model: close, but not bit-identical (0.0 would mean the row
         # was compared with itself)
         assert 0.0 < ort["max_abs_diff"] < 1e-3 and ort["cosine"] > 0.9999 and ort["top1_agreement"] == 1.0
-        graphs = ("image_encoder.onnx", "text_encoder.onnx", "head.onnx")
+        graphs = ("image_encoder.onnx", "text_encoder.onnx", "head_damage.onnx")
         expected_mb = sum((tiny_bundle / g).stat().st_size for g in graphs) / 1e6
         assert ort["model_mb"] == pytest.approx(expected_mb, abs=1e-3)
 

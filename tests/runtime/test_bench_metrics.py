@@ -17,7 +17,7 @@ from crisis_tool.runtime.bench.labelled_records import LabelledSet, read_labelle
 from crisis_tool.runtime.bench.task_metrics import MetricDropError, check_max_drop, score
 from crisis_tool.runtime.classification_metrics import classification_report
 from crisis_tool.runtime.errors import DataError
-from crisis_tool.runtime.predictor import Prediction
+from crisis_tool.runtime.predictor import Prediction, TaskPrediction
 from crisis_tool.runtime.records import Record, RecordError
 
 CLASSES = ("little_or_no_damage", "mild_damage", "severe_damage")
@@ -41,7 +41,10 @@ def test_toolkit_metrics_are_the_runtime_formulas() -> None:
 
 
 def _prediction(rid: str, label: str | None) -> Prediction:
-    return Prediction(rid, label, 0.9, {}) if label else Prediction.failed(rid, f"record {rid}: bad image")
+    if not label:
+        return Prediction.failed(rid, f"record {rid}: bad image")
+    probs = {c: (0.9 if c == label else 0.1 / (len(CLASSES) - 1)) for c in CLASSES}
+    return Prediction(rid, {"damage": TaskPrediction(label, 0.9, probs)})
 
 
 def test_score_leaves_failed_records_out_and_counts_them() -> None:
@@ -57,6 +60,8 @@ def test_score_leaves_failed_records_out_and_counts_them() -> None:
     assert out["accuracy"] == pytest.approx(0.75)
     assert out["macro_f1"] == pytest.approx((0.8 + 0.0 + 1.0) / 3, abs=1e-6)
     assert out["weighted_f1"] == pytest.approx((0.8 * 2 + 0 * 1 + 1.0 * 1) / 4, abs=1e-6)
+    # every scored answer says 0.9 and 3 of 4 are right: one bin, |0.75 - 0.9|
+    assert out["ece"] == pytest.approx(0.15, abs=1e-6)
 
 
 TSV_HEADER = "event_name\ttweet_id\timage_id\ttweet_text\timage\tlabel\n"
@@ -91,8 +96,9 @@ class RolledHeadBackend(OnnxRuntimeBackend):
 
     name = "rolled"
 
-    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, probs = super().run_head(image_embeds, text_embeds)
+    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        logits, probs = super().run_head(image_embeds, text_embeds, task)
         return np.roll(logits, 1, axis=1), np.roll(probs, 1, axis=1)
 
 
@@ -184,7 +190,8 @@ def test_cli_data_task_split_on_a_synthetic_crisismmd_root(tiny_bundle: Path, tm
     result = json.loads(out.read_text())
     tsv = data / "crisismmd_datasplit_settingA" / "task_damage_text_img_test.tsv"
     n = len(tsv.read_text().splitlines()) - 1
-    assert result["header"]["labelled"] == {"source": str(tsv), "records": n, "task": "damage"}
+    assert result["header"]["labelled"] == {"source": str(tsv), "records": n, "task": "damage",
+                                            "tasks": {"damage": str(tsv)}}
     (row,) = result["rows"]
     assert (row["scored"], row["failed"]) == (n, 0) and 0.0 <= row["accuracy"] <= 1.0
     assert run(["bench", "--bundle", str(tiny_bundle), "--data", str(data), "--task", "informative"]) == 2

@@ -120,7 +120,8 @@ class SleepingBackend(Backend):
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
         return np.zeros((len(input_ids), 4), np.float32)
 
-    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
         return image_embeds[:, :3], image_embeds[:, :3]
 
 

@@ -168,6 +168,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_missing_matplotlib_gives_a_one_line_install_hint(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text("{}")  # a bundle as far as the checks before the work go
     done = _python(f"""
         import sys
         sys.modules["matplotlib"] = None  # `import matplotlib` now raises ImportError

@@ -81,3 +81,14 @@ def test_openvino_compiles_into_the_cache(tiny_bundle, monkeypatch, tmp_path):
     assert sorted((tmp_path / "openvino").glob("*.blob")) == blobs
     for a, b in zip(_outputs(cold, bundle), _outputs(warm, bundle), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_measure_start_runs_cold_then_warm_in_fresh_processes(tiny_bundle, monkeypatch, tmp_path):
+    from crisis_tool.runtime.bench.start_time import measure_start
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))  # the user's cache must stay untouched
+    monkeypatch.delenv("CRISIS_TOOL_CACHE_DIR", raising=False)
+    result = measure_start(tiny_bundle, "onnxruntime", "fp32", timeout=300)
+    assert result["cold_s"] > 0 and result["warm_s"] > 0 and result["cold_load_s"] <= result["cold_s"]
+    assert result["chosen"].startswith("onnxruntime (fp32")
+    assert not list((tmp_path / "user").rglob("*.onnx")), list((tmp_path / "user").rglob("*"))

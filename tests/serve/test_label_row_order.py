@@ -174,3 +174,61 @@ def test_parquet_output_holds_every_row(tmp_path: Path) -> None:
     label._write_outputs(iter(rows), [0], [tmp_path / "a.parquet"], "parquet", summary)
     table = pq.read_table(tmp_path / "a.parquet")
     assert table.column("id").to_pylist() == [f"r{i}" for i in range(5)] and summary.rows == 5
+
+
+def test_a_row_of_an_unknown_file_is_refused(tmp_path: Path) -> None:
+    rows = [*rows_for({0: 2}), (7, json.dumps({"id": "stray"}), False)]
+    with pytest.raises(RuntimeError, match="row of file 7 arrived out of order"):
+        label._write_outputs(iter(rows), [0, 1], [tmp_path / "a.jsonl", tmp_path / "b.jsonl"], "jsonl",
+                             label.LabelSummary())
+
+
+def test_an_interrupt_before_any_row_propagates_as_is(tmp_path: Path) -> None:
+    def rows() -> Any:
+        raise KeyboardInterrupt
+        yield  # pragma: no cover
+
+    summary = label.LabelSummary()
+    assert (summary.written, summary.skipped, summary.rows, summary.errors, summary.seconds) == ([], [], 0, 0, 0.0)
+    with pytest.raises(KeyboardInterrupt):
+        label._write_outputs(rows(), [0], [tmp_path / "a.jsonl"], "jsonl", summary)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_actor_answers_one_json_line_per_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    from crisis_tool.runtime.predictor import Prediction, TaskPrediction
+
+    class FakePredictor:
+        def predict(self, items: list[Any]) -> list[Prediction]:
+            return [Prediction(item.id, {"t": TaskPrediction("café", 0.75, {"café": 0.75, "b": 0.25})})
+                    if not hasattr(item, "error") else Prediction.failed(item.id, item.error) for item in items]
+
+    monkeypatch.setattr(PredictorOptions, "load", lambda self: FakePredictor())
+    actor = label.PredictionActor(PredictorOptions())
+    batch = {"file": np.array([3, 3]), "line_no": np.array([1, 2]), "id": np.array(["a", "b"], dtype=object),
+             "text": np.array(["t", ""], dtype=object), "image": np.array(["x.jpg", ""], dtype=object),
+             "llava_text": np.array(["", ""], dtype=object), "error": np.array(["", "line 2: bad"], dtype=object)}
+    out = actor(batch)
+    assert out["file"].tolist() == [3, 3] and out["failed"].tolist() == [False, True]
+    first, second = (json.loads(r) for r in out["result"])
+    assert first["id"] == "a" and "café" in out["result"][0]  # not \\u-escaped
+    assert second["id"] == "b" and second["error"] == "line 2: bad"
+
+
+def test_parquet_row_groups_hold_4096_rows(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    rows = [(0, json.dumps({"id": f"r{i}", "label": "a", "confidence": 0.5, "probs": {"a": 1.0},
+                            "error": None}), False) for i in range(4098)]
+    label._write_outputs(iter(rows), [0], [tmp_path / "a.parquet"], "parquet", label.LabelSummary())
+    meta = pq.ParquetFile(tmp_path / "a.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [4096, 2]
+
+
+def test_result_columns_of_unequal_length_are_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    batches = [{"file": np.array([0, 0]), "result": np.array(['{"id":"a"}'], dtype=object),
+                "failed": np.array([False, False])}]
+    ray, _ = fake_ray(batches)
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    with pytest.raises(ValueError):
+        list(label.predicted_rows([(0, tmp_path / "a.jsonl")], PredictorOptions(bundle=tmp_path),
+                                  LabelOptions(inputs=("x",))))

@@ -112,3 +112,15 @@ def test_count_line() -> None:
     assert count_line("encoding images", 120, 500, 15.0) == "encoding images: 120/500 (24%), 8.0/s, ETA 48s"
     assert count_line("x", 500, 500, 100.0) == "x: 500/500 (100%), 5.0/s"
     assert count_line("x", 0, 10, 5.0) == "x: 0/10 (0%), 0.0/s"
+
+
+def test_bench_output_problems_found_before_the_work(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = tmp_path / "bundle"  # only its manifest's presence is checked before the outputs
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    assert cli.run(["bench", "--bundle", str(bundle), "--json", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --json {tmp_path} is a folder; give a file name"
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli.run(["bench", "--bundle", str(bundle), "--markdown", str(blocker / "b.md")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --markdown folder {blocker} is not writable")

@@ -5,7 +5,6 @@ Choices come from the backend registry and defaults from `BenchOptions`; nothing
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 
@@ -42,34 +41,40 @@ def _csv(values: tuple) -> str:
     return ",".join("real" if v is None else str(v) for v in values)
 
 
-def _labelled_source(data: Path | None, task: str | None, split: str, splits: str, bundle: Path,
-                     records: Path | None, image_root: Path | None
-                     ) -> tuple[Path | None, Path | None, dict[str, str] | None, str | None]:
-    """(records, image_root, label_map, task): --data/--task/--split resolved to the split TSV of the
-    CrisisMMD root, with the task's label merges; otherwise --records as given."""
+LabelledSource = tuple[Path, Path | None, dict[str, str] | None, str]
+
+
+def _labelled_sources(data: Path | None, task: str | None, split: str, splits: str, bundle: Path,
+                      records: Path | None, image_root: Path | None) -> list[LabelledSource] | None:
+    """--data/--split resolved to one labelled split TSV per head (`--task a,b` selects heads; default: every
+    head of the bundle), each with its task's label merges; None: --input as given (or nothing labelled)."""
     if data is None:
         if task is not None:
             raise UsageError("--task needs --data (the CrisisMMD root holding the split)")
-        return records, image_root, None, None
+        return None
     from crisis_tool.data.crisismmd import SPLITS, resolve_task, split_path
-    from crisis_tool.runtime.manifest import MANIFEST_NAME
+    from crisis_tool.runtime.bundle import Bundle
 
     if records is not None:
-        raise UsageError("give --data (with --task and --split) or --input, not both")
+        raise UsageError("give --data (with --split) or --input, not both")
     if split not in SPLITS:
         raise UsageError(f"--split {split!r}: choose from {', '.join(SPLITS)}")
-    if task is None:
-        try:
-            task = json.loads((bundle / MANIFEST_NAME).read_text(encoding="utf-8"))["task"]
-        except (OSError, ValueError, KeyError, TypeError):
-            if not (bundle / MANIFEST_NAME).is_file():
-                raise UsageError(f"--bundle {bundle}: not a bundle directory (no {MANIFEST_NAME})") from None
-            raise UsageError("--data without --task: name the task (the bundle's manifest does not)") from None
-    spec = resolve_task(str(task))
-    path = split_path(data, spec, split, splits)
-    if not path.is_file():
-        raise UsageError(f"--data {data}: no {split} split for task {spec.name} ({path} not found)")
-    return path, data, dict(spec.merges), spec.name
+    heads = Bundle.load(bundle, verify=False).spec.select(task)
+    out: list[LabelledSource] = []
+    for head in heads:
+        spec = resolve_task(head.task)
+        path = split_path(data, spec, split, splits)
+        if not path.is_file():
+            raise UsageError(f"--data {data}: no {split} split for task {spec.name} ({path} not found)")
+        out.append((path, data, dict(spec.merges), head.task))
+    return out
+
+
+def _check_bundle(bundle: Path) -> None:
+    from crisis_tool.runtime.manifest import MANIFEST_NAME
+
+    if not (bundle / MANIFEST_NAME).is_file():
+        raise UsageError(f"--bundle {bundle}: not a bundle directory (no {MANIFEST_NAME})")
 
 
 def register(app: typer.Typer) -> None:
@@ -108,7 +113,8 @@ def register(app: typer.Typer) -> None:
                                   "columns) and the e2e time split."),
         data: Path | None = typer.Option(None, "--data", help="CrisisMMD root: with --task and --split, the "
                                          "labelled split is the workload and every row gets task metrics."),
-        task: str | None = typer.Option(None, "--task", help="Task of the split (default: the bundle's)."),
+        task: str | None = typer.Option(None, "--task", help="Heads to score with --data, e.g. damage or "
+                                        "informative,damage (default: every head of the bundle)."),
         split: str = typer.Option("test", "--split", help="Split of --data: train, dev or test."),
         splits: str = typer.Option("settingA", "--splits", help="Split set under --data: settingA, all, "
                                    "agreed_label."),
@@ -137,6 +143,7 @@ def register(app: typer.Typer) -> None:
         from crisis_tool.commands.aliases import deprecated_alias
         from crisis_tool.commands.console import stdout_console
         from crisis_tool.progress import status_line
+        from crisis_tool.runtime.atomic_files import check_writable_dir
         from crisis_tool.runtime.bench import run_bench
         from crisis_tool.runtime.bench.report import render_table, write_json, write_markdown, write_plot
         from crisis_tool.runtime.bench.task_metrics import check_max_drop
@@ -148,19 +155,29 @@ def register(app: typer.Typer) -> None:
         records = deprecated_alias(records, records_old, "--records", "--input")
         no_gemm = not deprecated_alias(peak, False if no_gemm else None, "--no-gemm", "--no-peak",
                                        unset=DEFAULTS["measure_gemm"])
-        records, image_root, label_map, task = _labelled_source(data, task, split, splits, bundle, records,
-                                                                image_root)
+        _check_bundle(bundle)
+        sources = _labelled_sources(data, task, split, splits, bundle, records, image_root)
+        label_map = None
+        if sources:
+            (records, image_root, label_map, task), *more = sources
+        else:
+            more = []
         opts = BenchOptions(
             bundle=bundle, backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
             batch_sizes=_ints(batch_sizes, "--batch-sizes"), workload=workload, seconds=seconds,
             warmup=warmup, threads=threads, device=device, records=records, image_root=image_root,
             text_tokens=_text_tokens(text_tokens), measure_gemm=not no_gemm,
             decode=tuple(d.strip() for d in decode.split(",") if d.strip()), label_map=label_map, task=task,
-            max_drop=max_drop,
+            max_drop=max_drop, more_labelled=tuple(more),
         )
         opts.check()
         if plot_out is not None:
             require_matplotlib("--plot")  # before the long work, not after it
+        for flag, out_path in (("--json", json_out), ("--markdown", markdown_out), ("--plot", plot_out)):
+            if out_path is not None:
+                if out_path.is_dir():
+                    raise UsageError(f"{flag} {out_path} is a folder; give a file name")
+                check_writable_dir(out_path.parent, f"{flag} folder")
         if not (bundle / MANIFEST_NAME).is_file():
             raise UsageError(f"--bundle {bundle}: not a bundle directory (no {MANIFEST_NAME})")
         err = Console(stderr=True)

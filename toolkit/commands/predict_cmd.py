@@ -24,6 +24,7 @@ from crisis_tool.runtime.file_guard import DEFAULT_MAX_IMAGE_BYTES
 if TYPE_CHECKING:
     from crisis_tool.runtime.predictor import Predictor
     from crisis_tool.runtime.records import Record, RecordError
+    from crisis_tool.runtime.triage.queue_writer import ReviewQueueWriter
     from crisis_tool.runtime.writers import JsonlWriter
 
 PROVIDER_ALIASES = {
@@ -127,16 +128,30 @@ def register(app: typer.Typer) -> None:
         pubkey: Path | None = typer.Option(
             None, "--pubkey", help="Ed25519 public key (.pub): refuse a bundle not signed by it (`crisis-tool sign`).",
         ),
+        review_queue: Path | None = typer.Option(
+            None, "--review-queue", help="Also write the review queue (JSONL): least confident first, one post per "
+                                         "near-duplicate group, with image, text and group members.",
+        ),
+        review_budget: int | None = typer.Option(
+            None, "--review-budget", min=0, help="At most this many posts in the review queue."),
+        groups: bool = typer.Option(True, "--groups/--no-groups",
+                                    help="Near-duplicate groups (image pHash, normalised text) on every line."),
     ) -> None:
         """Predict a label for every record; failed records get an "error" line, never a crash."""
+        from crisis_tool.runtime.errors import UsageError
         from crisis_tool.runtime.image_decode import ImageLimits, check_decode_mode
         from crisis_tool.runtime.interrupts import prompt_interrupt
         from crisis_tool.runtime.predictor import Predictor
         from crisis_tool.runtime.records import read_records
+        from crisis_tool.runtime.triage.queue_writer import ReviewQueueWriter
         from crisis_tool.runtime.writers import JsonlWriter
 
         _check_bundle_arg(bundle)
         _check_output_arg(output, input_, bundle)
+        if review_queue is not None:
+            _check_output_arg(str(review_queue), input_, bundle)
+            if output != "-" and Path(output).resolve() == review_queue.resolve():
+                raise UsageError("--review-queue must be another file than --output")
         limits = ImageLimits(max_bytes=max_image_bytes)
         check_decode_mode(decode)
         with prompt_interrupt():
@@ -144,13 +159,14 @@ def register(app: typer.Typer) -> None:
             predictor = Predictor.from_bundle(
                 bundle, backend=backend, max_batch=batch_size, precision=precision,
                 providers=parse_providers(providers), threads=threads, image_limits=limits, decode=decode,
-                backend_options={"device": device}, tasks=tasks, pubkey=pubkey,
+                backend_options={"device": device}, tasks=tasks, groups=groups, pubkey=pubkey,
             )
             start = time.perf_counter()
             writer = JsonlWriter(output, keep_partial=True, one_head=len(predictor.spec.heads) == 1)
+            queue = ReviewQueueWriter(review_queue, budget=review_budget) if review_queue is not None else None
             try:
                 with predictor, writer:
-                    _write_all(predictor, items, writer, flush_each=writer.is_stream)
+                    _write_all(predictor, items, writer, flush_each=writer.is_stream, queue=queue)
             except KeyboardInterrupt:
                 _report_interrupt(writer)
                 raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -163,14 +179,30 @@ def register(app: typer.Typer) -> None:
             f"cold start {predictor.cold_start_s or 0.0:.2f}s -> {output}",
             err=True,
         )
+        if queue is not None:
+            typer.echo(f"review queue: {queue.write()} posts, least confident first -> {review_queue}; next: "
+                       f"crisis-tool review --queue {review_queue} --bundle {bundle} --labels corrections.jsonl",
+                       err=True)
         if writer.errors:
             raise typer.Exit(EXIT_SOME_FAILED)
 
 
 def _write_all(
-    predictor: Predictor, items: Iterable[Record | RecordError], writer: JsonlWriter, flush_each: bool
+    predictor: Predictor, items: Iterable[Record | RecordError], writer: JsonlWriter, flush_each: bool,
+    queue: ReviewQueueWriter | None = None,
 ) -> None:
-    """Stream predictions into `writer` with a progress counter on a TTY."""
+    """Stream predictions into `writer` (and the review queue) with a progress counter on a TTY."""
+    from collections import deque
+
+    from crisis_tool.runtime.writers import prediction_to_dict
+
+    pending: deque[Record | RecordError] = deque()  # the records in flight, to pair each answer with its record
+
+    def remembered() -> Iterable[Record | RecordError]:
+        for item in items:
+            pending.append(item)
+            yield item
+
     from rich.console import Console
     from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -180,8 +212,11 @@ def _write_all(
         console=console, disable=not sys.stderr.isatty(), transient=True,
     ) as progress:
         task = progress.add_task("predict", total=None)
-        for n, pred in enumerate(predictor.predict_stream(items), start=1):
+        for n, pred in enumerate(predictor.predict_stream(remembered()), start=1):
+            record = pending.popleft()
             writer.write(pred)
+            if queue is not None:
+                queue.add(prediction_to_dict(pred, writer.one_head), record)
             if flush_each or n % predictor.max_batch == 0:
                 writer.flush()
             progress.advance(task)
