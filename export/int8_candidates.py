@@ -17,7 +17,7 @@ longer a candidate (its names stay in `DYNAMIC_CANDIDATES`, for reading older ma
 Each candidate is tried only when the ones before it fail: the gate chooses how much stays float.
 
 Calibration: the given records (`--calib-data`) or, without them, the gate's own (generated) batches, which the
-export already says loudly. Every candidate that passes its parity gate must also pass the batch-invariance
+export already says loudly; without real records the per-row candidate (no calibration) is tried first. Every candidate that passes its parity gate must also pass the batch-invariance
 check (`crisis_tool.runtime.batch_invariance`: each record alone vs inside one mixed batch of up to 32), then
 each passing candidate runs a few interleaved repetitions on one gate batch in onnxruntime on the CPU; the best
 time counts. The manifest records every candidate's gate numbers, invariance and time, and the fp32 graph's
@@ -46,9 +46,10 @@ INVARIANCE_BATCH = 32
 GATE_KEYS = ("min_cosine", "max_abs", "top1_agreement", "top1_interval", "n", "passed")
 
 
-def candidate_names(static: bool = True) -> tuple[str, ...]:
-    """The candidates tried in order (`static` is kept for callers of the older signature; always static)."""
-    return STATIC_CANDIDATES
+def candidate_names(calibrated: bool = True) -> tuple[str, ...]:
+    """The candidates tried in order. Without real calibration records the static ones would take their ranges
+    from the gate's own generated inputs (and be judged on the records they were fitted to): per-row first."""
+    return STATIC_CANDIDATES if calibrated else (ROWWISE_CANDIDATE, STATIC_CANDIDATE, FLOAT_RESIDUAL_CANDIDATE)
 
 
 def make_candidate(name: str, src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]) -> Path:
@@ -150,7 +151,7 @@ def pick_int8(component: str, src: Path, dst: Path, cases: list[ParityCase],
     tried: dict[str, dict[str, Any]] = {}
     passing: dict[str, Path] = {}
     entries: dict[str, dict[str, Any]] = {}
-    for name in candidate_names():
+    for name in candidate_names(calibrated=bool(calibration)):
         if passing:
             break  # later candidates are slower (per-row scales, float layers): tried only when earlier ones fail
         path = dst.with_name(f"{dst.stem}.{name}.onnx")

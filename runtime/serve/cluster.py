@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,6 +14,31 @@ from crisis_tool.runtime.errors import MissingDependencyError, UsageError
 INSTALL_HINT = "pip install 'crisis-tool[serve]'"
 # Ray's switch between "local only" and "may form a cluster"; off, the node's address is 127.0.0.1.
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+BACKEND_LOG_LEVEL_ENV = "RAY_BACKEND_LOG_LEVEL"
+
+
+def set_library_log_level(verbose: bool) -> None:
+    """Ray Data and Ray Serve log INFO (verbose) or only errors; call again after Ray Data is first used."""
+    for name in ("ray.data", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+@contextmanager
+def _stderr_closed(closed: bool) -> Iterator[None]:
+    """Within the block, file descriptor 2 (C++ and Python writes alike) goes to /dev/null when `closed`."""
+    if not closed:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def require_ray(command: str) -> None:
@@ -22,13 +48,17 @@ def require_ray(command: str) -> None:
 
 
 @contextmanager
-def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[None]:
+def ray_session(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> Iterator[None]:
     """Use the Ray already initialised in this process, else join `address`, else start a local Ray.
 
     A local Ray listens on 127.0.0.1 only (when this process had not imported Ray yet), without dashboard or
-    usage reporting; whatever this call started is shut down when the block ends.
+    usage reporting; whatever this call started is shut down when the block ends. Ray's own messages are
+    quiet (warnings of its Python loggers only, no C++ core-worker lines, no worker output) unless `verbose`.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not verbose:  # read when this process's core worker starts: its C++ log lines go to stderr
+        os.environ.setdefault(BACKEND_LOG_LEVEL_ENV, "fatal")
+    level = logging.INFO if verbose else logging.WARNING
     if not address:  # read when ray is first imported: a local node then binds 127.0.0.1, not the LAN address
         os.environ.setdefault(LOCAL_ONLY_ENV, "0")
     import ray
@@ -37,15 +67,14 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[No
         yield
         return
     try:
-        if address:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False,
-                     logging_level=logging.WARNING, log_to_driver=False)
+        with _stderr_closed(not verbose):  # start-up notes (log level set, token auth on) are not the user's
+            if address:
+                ray.init(address=address, logging_level=level, log_to_driver=verbose)
+            else:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=level, log_to_driver=verbose)
     except ConnectionError as exc:
         raise UsageError(f"cannot reach the Ray cluster at {address}: {exc}") from None
-    for name in ("ray.data", "ray.serve"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    set_library_log_level(verbose)
     try:
         yield
     finally:

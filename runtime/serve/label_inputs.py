@@ -3,7 +3,8 @@
 Inputs are JSONL (`.jsonl`, `.ndjson`, `.json`), CrisisMMD TSV (`.tsv`, needs an image root) or Parquet
 (`.parquet`, columns id, text, image, llava_text?); a path may be a file, a folder (its input files, not
 recursive) or a glob. Records are read by the runtime's readers, so a bad line becomes an error row exactly
-as in `predict`. Parquet rows go through the JSONL reader (one row = one JSON object), with the same checks.
+as in `predict`. Parquet rows go through the JSONL reader (one row = one JSON object), with the same checks;
+a Parquet file whose footer is damaged, or a row group that cannot be decoded, is one error row naming it.
 In the rows, "" stands for a missing string (a column of nulls would not keep its string type).
 Each input `NAME.ext` yields `NAME.predictions.<format>` in the output folder.
 """
@@ -17,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from crisis_tool.runtime.errors import UsageError
-from crisis_tool.runtime.records import JSONL_SUFFIXES, Record, RecordError, iter_jsonl_stream, read_records
+from crisis_tool.runtime.records import (
+    JSONL_SUFFIXES,
+    Record,
+    RecordError,
+    _DuplicateGuard,
+    parse_jsonl_line,
+    read_records,
+)
 
 PARQUET_SUFFIX = ".parquet"
 INPUT_SUFFIXES = JSONL_SUFFIXES | {".tsv", PARQUET_SUFFIX}
@@ -63,12 +71,54 @@ def iter_records(path: Path, image_root: Path | None) -> Iterator[Record | Recor
     if path.suffix.lower() != PARQUET_SUFFIX:
         yield from read_records(path, image_root)
         return
+    yield from iter_parquet_records(path, image_root if image_root is not None else path.resolve().parent)
+
+
+def iter_parquet_records(path: Path, base: Path) -> Iterator[Record | RecordError]:
+    """Rows of a Parquet file as records (row N is "line" N); an unreadable file or row group is one error."""
     import pyarrow.parquet as pq
 
-    base = image_root if image_root is not None else path.resolve().parent
-    lines = (json.dumps(row, default=str).encode("utf-8")
-             for batch in pq.ParquetFile(path).iter_batches(batch_size=4096) for row in batch.to_pylist())
-    yield from iter_jsonl_stream(lines, str(path), base)
+    try:
+        parquet = pq.ParquetFile(path)
+        sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged footer
+        yield RecordError(None, f"{path}: unreadable Parquet file, nothing in it was labelled ({_one_line(exc)})", 0,
+                          str(path))
+        return
+    guard, first_row = _DuplicateGuard("row"), 1
+    for group, size in enumerate(sizes):
+        try:
+            rows = parquet.read_row_group(group).to_pylist()
+        except Exception as exc:
+            last = first_row + size - 1
+            yield RecordError(None, f"{path}: Parquet row group {group} (rows {first_row}-{last}) is unreadable, "
+                              f"its rows were not labelled ({_one_line(exc)})", first_row, str(path))
+        else:
+            for offset, row in enumerate(rows):
+                item = parse_jsonl_line(json.dumps(row, default=str).encode("utf-8"), first_row + offset, str(path),
+                                        base)
+                if item is not None:
+                    yield guard(item)
+        first_row += size
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def count_records(path: Path) -> int:
+    """About how many records `path` holds (non-blank lines; Parquet rows), for a progress bar; 0 if unknown."""
+    try:
+        if path.suffix.lower() == PARQUET_SUFFIX:
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        with open(path, "rb") as fh:
+            lines = sum(1 for raw in fh if raw.strip())
+        return max(lines - 1, 0) if path.suffix.lower() == ".tsv" else lines
+    except Exception:
+        return 0
 
 
 def check_readable(path: Path, image_root: Path | None) -> None:
@@ -77,28 +127,39 @@ def check_readable(path: Path, image_root: Path | None) -> None:
         next(iter(iter_records(path, image_root)), None)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except Exception as exc:
-        if type(exc).__module__.startswith("pyarrow"):
-            raise UsageError(f"{path}: not a readable Parquet file ({exc})") from None
-        raise
 
 
 def record_rows(item: dict[str, Any], image_root: str | None) -> Iterator[dict[str, Any]]:
-    """Ray Data `flat_map`: one row `{"file", "path"}` -> a row per record of that file (errors included)."""
-    root = Path(image_root) if image_root else None
-    for record in iter_records(Path(item["path"]), root):
-        if isinstance(record, RecordError):
-            yield {"file": item["file"], "line_no": record.line_no, "id": record.id or "", "text": "",
-                   "image": "", "llava_text": "", "error": record.error}
-        else:
-            yield {"file": item["file"], "line_no": record.line_no, "id": record.id, "text": record.text or "",
-                   "image": record.image or "", "llava_text": record.llava_text or "", "error": ""}
+    """Ray Data `flat_map`: `{"file", "path", "skip"}` -> a row per record of that file from record number
+    `skip` on (errors included; `seq` numbers them from 0 in the file), then one `end` row whose `seq` is the
+    file's record count. A file that fails part-way gives one error row for the rest."""
+    root, skip, seq = Path(image_root) if image_root else None, int(item.get("skip", 0)), 0
+    base = {"file": item["file"], "end": False}
+    try:
+        for record in iter_records(Path(item["path"]), root):
+            if seq >= skip:
+                yield base | {"seq": seq} | _record_columns(record)
+            seq += 1
+    except Exception as exc:  # e.g. the file vanished or a disk error after the run started
+        if seq >= skip:
+            failed = RecordError(None, f"{item['path']}: reading failed after {seq} records ({_one_line(exc)})", seq)
+            yield base | {"seq": seq} | _record_columns(failed)
+        seq += 1
+    yield base | {"seq": seq, "end": True} | _record_columns(RecordError(None, "", 0))
 
 
-def row_items(batch: dict[str, Any]) -> list[Record | RecordError]:
-    """Records of a Ray Data batch (columns of `record_rows`; "" stands for a missing value)."""
+def _record_columns(record: Record | RecordError) -> dict[str, Any]:
+    if isinstance(record, RecordError):
+        return {"line_no": record.line_no, "id": record.id or "", "text": "", "image": "", "llava_text": "",
+                "error": record.error}
+    return {"line_no": record.line_no, "id": record.id, "text": record.text or "", "image": record.image or "",
+            "llava_text": record.llava_text or "", "error": ""}
+
+
+def row_items(batch: dict[str, Any], rows: Sequence[int] | None = None) -> list[Record | RecordError]:
+    """Records of a Ray Data batch (columns of `record_rows`; "" stands for a missing value), all or `rows`."""
     items: list[Record | RecordError] = []
-    for k in range(len(batch["file"])):
+    for k in range(len(batch["file"])) if rows is None else rows:
         rid, line_no, error = str(batch["id"][k]), int(batch["line_no"][k]), str(batch["error"][k])
         if error:
             items.append(RecordError(rid or None, error, line_no))

@@ -14,6 +14,7 @@ from crisis_tool.runtime.backends import backend_names
 from crisis_tool.runtime.serve.options import LabelOptions, PredictorOptions, ServeOptions
 
 _PRED, _SERVE, _LABEL = PredictorOptions(), ServeOptions(), LabelOptions()
+LABEL_INTERRUPT_GRACE_S = 5.0  # after Ctrl-C: time to keep the partials and stop Ray before a forced exit
 
 BUNDLE = typer.Option(..., "--bundle", help="Bundle folder written by `crisis-tool export`.")
 BACKEND = typer.Option("auto", "--backend", help=f"Backend: {', '.join(backend_names())} (the registry; default auto).")
@@ -133,8 +134,12 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(_LABEL.batch_size, "--batch-size", min=1, help="Records per actor call."),
         gpus_per_actor: float = typer.Option(_LABEL.gpus_per_actor, "--gpus-per-actor", min=0.0),
         cpus_per_actor: float = typer.Option(_LABEL.cpus_per_actor, "--cpus-per-actor", min=0.0),
+        verbose: bool = typer.Option(False, "--verbose/--quiet", help="Show Ray's own log lines (quiet: "
+                                     "warnings only)."),
     ) -> None:
-        """Label files with Ray Data; a rerun skips inputs whose output is already complete."""
+        """Label files with Ray Data; Ctrl-C keeps partial outputs and a rerun resumes them."""
+        from crisis_tool.progress import progress_bar
+        from crisis_tool.runtime.interrupts import EXIT_INTERRUPTED, prompt_interrupt
         from crisis_tool.runtime.serve.label import run_label
 
         _check_bundle_arg(bundle)
@@ -145,12 +150,20 @@ def register(app: typer.Typer) -> None:
         )
         predictor = _predictor_options(bundle, backend, precision, providers, threads, device, max_image_bytes,
                                        decode, pubkey)
-        summary = run_label(predictor, options)
+        try:
+            with prompt_interrupt(grace_s=LABEL_INTERRUPT_GRACE_S):
+                summary = run_label(predictor, options, progress=progress_bar, verbose=verbose)
+        except KeyboardInterrupt:
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         rate = summary.rows / max(summary.seconds, 1e-9)
+        resumed = f", {len(summary.resumed)} resumed" if summary.resumed else ""
         typer.echo(
-            f"{len(summary.written)} files written, {len(summary.skipped)} already complete (skipped); "
+            f"{len(summary.written)} files written{resumed}, {len(summary.skipped)} already complete (skipped); "
             f"{summary.rows} records, {summary.errors} errors, {rate:.1f} records/s -> {output}",
             err=True,
         )
+        if address and summary.nodes:
+            typer.echo(f"answers per Ray node: {', '.join(f'{n}={c}' for n, c in sorted(summary.nodes.items()))}"
+                       + (f"; resumed {summary.retries}x after losing a node" if summary.retries else ""), err=True)
         if summary.errors:
             raise typer.Exit(EXIT_SOME_FAILED)

@@ -110,6 +110,9 @@ def register(app: typer.Typer) -> None:
         cache_dir: Path | None = typer.Option(None, help="Feature cache."),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop rows with missing/unreadable images."),
         plot: bool = typer.Option(False, "--plot", help="Also draw a reliability diagram per head (RUN_DIR)."),
+        baseline: Path | None = typer.Option(
+            None, "--baseline", help="Another run dir (e.g. before `train --labels`): one line per head comparing "
+                                     "it with --model on the same split."),
     ) -> None:
         """Every head: accuracy, macro/weighted F1, per-class P/R/F1, calibration (ECE, NLL) and review stats."""
         from crisis_tool.evaluate import evaluate_run
@@ -123,6 +126,21 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"confusion matrix: {head_report.get('confusion_png')}")
             if "reliability_png" in head_report:
                 typer.echo(f"reliability diagram: {head_report['reliability_png']}")
+        if baseline is not None:
+            old = evaluate_run(baseline, data, split, llava_file, cache_dir or DEFAULT_CACHE, skip_bad, None,
+                               log=lambda m: typer.echo(m, err=True))
+            report["baseline"] = {"model": str(baseline), "tasks": old["tasks"]}
+            for task, new in report["tasks"].items():
+                if task in old["tasks"]:
+                    typer.echo(_comparison_line(task, split, old["tasks"][task], new))
         if json_out:
             atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
             typer.echo(f"metrics: {json_out}")
+
+
+def _comparison_line(task: str, split: str, old: dict, new: dict) -> str:
+    """'damage test: accuracy 0.61 -> 0.66 (+0.05), macro-F1 ...' for a head before and after."""
+    parts = [f"{name} {old[key]:.4f} -> {new[key]:.4f} ({new[key] - old[key]:+.4f})"
+             for key, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("ece", "ECE")) if key in old
+             and key in new]
+    return f"{task} {split}: " + ", ".join(parts)
