@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test typecheck clean
+.PHONY: demo test typecheck browser clean
 TYPECHECK := build/typecheck
 
 $(STAMP): pyproject.toml
@@ -15,9 +15,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/crisis-tool demo --out demo_out
 
-test: $(STAMP) typecheck
+test: $(STAMP) typecheck browser
 	HF_HUB_OFFLINE=1 $(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
+
+# The review page's real-browser test needs Debian's chromium + chromium-driver; installed here when missing
+# (as root, with apt); where that cannot be done the test skips and prints why.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	     >/dev/null) ; } || echo "note: chromium/chromium-driver not installed; the browser test will skip"
 
 # mypy over runtime/ and export/ under their import names (crisis_tool.runtime, crisis_tool.export).
 typecheck: $(STAMP)

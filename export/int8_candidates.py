@@ -11,15 +11,16 @@ longer a candidate (its names stay in `DYNAMIC_CANDIDATES`, for reading older ma
 * `rowwise-U8S8-per-channel`: no calibration; each activation row (token) is quantized with its own scale,
   computed from that row alone (`qdq.rowwise_int8_graph`), so it is as invariant as a static scale and follows
   each record's range; int8 per-channel weights, onnxruntime's MatMulInteger.
-* `static-U8S8-per-channel-float-residual`: the static one with the residual-stream writers (attention output
-  and MLP down projections, the widest activations) left in float.
+* `static-U8S8-per-channel-float-residual` (`rowwise-...-float-residual` without real records): the same with
+  the residual-stream writers (attention output and MLP down projections, the widest activations) in float.
 
 Each candidate is tried only when the ones before it fail: the gate chooses how much stays float.
 
 Calibration: the given records (`--calib-data`) or, without them, the gate's own (generated) batches, which the
-export already says loudly; without real records the per-row candidate (no calibration) is tried first. Every candidate that passes its parity gate must also pass the batch-invariance
-check (`crisis_tool.runtime.batch_invariance`: each record alone vs inside one mixed batch of up to 32), then
-each passing candidate runs a few interleaved repetitions on one gate batch in onnxruntime on the CPU; the best
+export already says loudly; without real records only the per-row candidates (no calibration) are made. Every
+candidate that passes its parity gate must also pass the batch-invariance check
+(`crisis_tool.runtime.batch_invariance`: each record alone vs inside one mixed batch of up to 32), then each
+passing candidate runs a few interleaved repetitions on one gate batch in onnxruntime on the CPU; the best
 time counts. The manifest records every candidate's gate numbers, invariance and time, and the fp32 graph's
 time beside them. A graph with no passing candidate stays fp32 (recorded with the best candidate's numbers).
 """
@@ -39,7 +40,9 @@ DYNAMIC_CANDIDATES = ("QInt8-per-channel", "QInt8", "QUInt8-per-channel", "QUInt
 STATIC_CANDIDATE = "static-U8S8-per-channel"
 FLOAT_RESIDUAL_CANDIDATE = "static-U8S8-per-channel-float-residual"
 ROWWISE_CANDIDATE = "rowwise-U8S8-per-channel"
+ROWWISE_FLOAT_RESIDUAL_CANDIDATE = "rowwise-U8S8-per-channel-float-residual"
 STATIC_CANDIDATES = (STATIC_CANDIDATE, ROWWISE_CANDIDATE, FLOAT_RESIDUAL_CANDIDATE)  # batch-invariant, tried in order
+UNCALIBRATED_CANDIDATES = (ROWWISE_CANDIDATE, ROWWISE_FLOAT_RESIDUAL_CANDIDATE)  # no real records: no static scales
 TIMING_ROUNDS = 3  # timed rounds after one warm-up round; each round runs every candidate once
 TIMING_BATCH = 8
 INVARIANCE_BATCH = 32
@@ -47,9 +50,9 @@ GATE_KEYS = ("min_cosine", "max_abs", "top1_agreement", "top1_interval", "n", "p
 
 
 def candidate_names(calibrated: bool = True) -> tuple[str, ...]:
-    """The candidates tried in order. Without real calibration records the static ones would take their ranges
-    from the gate's own generated inputs (and be judged on the records they were fitted to): per-row first."""
-    return STATIC_CANDIDATES if calibrated else (ROWWISE_CANDIDATE, STATIC_CANDIDATE, FLOAT_RESIDUAL_CANDIDATE)
+    """The candidates tried in order. Without real calibration records static ranges would come from the gate's
+    own generated inputs (and be judged on the records they were fitted to): only per-row ones then."""
+    return STATIC_CANDIDATES if calibrated else UNCALIBRATED_CANDIDATES
 
 
 def make_candidate(name: str, src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]) -> Path:
@@ -62,11 +65,13 @@ def make_candidate(name: str, src: Path, dst: Path, calibration: list[dict[str, 
         return qdq_graph(src, dst, calibration, flavour="cpu")
     if name == ROWWISE_CANDIDATE:
         return rowwise_int8_graph(src, dst)
-    if name == FLOAT_RESIDUAL_CANDIDATE:
+    if name in (FLOAT_RESIDUAL_CANDIDATE, ROWWISE_FLOAT_RESIDUAL_CANDIDATE):
         model = onnx.load(str(src))
         name_nodes(model)
         kept_float = set(residual_writers(model))
         nodes = [n for n in weight_nodes(model) if n not in kept_float]
+        if name == ROWWISE_FLOAT_RESIDUAL_CANDIDATE:
+            return rowwise_int8_graph(src, dst, nodes=nodes)
         return qdq_graph(src, dst, calibration, flavour="cpu", nodes=nodes)
     raise ValueError(f"unknown int8 candidate {name!r} (dynamic quantization couples records and is not offered)")
 

@@ -214,7 +214,23 @@ class Predictor:
             engine.close()  # a GPU context or session must not outlive a Predictor that failed to build
             raise
         predictor.cold_start_s = time.perf_counter() - start
+        for warning in predictor.warnings:
+            log.warning("%s", warning)
         return predictor
+
+    @property
+    def warnings(self) -> list[str]:
+        """What an operator must know about this bundle's answers (shown once by the CLI and in /v1/info)."""
+        out = []
+        encoders = self.bundle.manifest.encoders
+        if self.bundle.manifest.random_encoders:
+            out.append(f"bundle {self.bundle.root} was exported with RANDOM encoder weights "
+                       f"({encoders.get('model')}, --pretrained none): its answers are meaningless")
+        if self.text_source != "tweet":
+            out.append(f"bundle {self.bundle.root} was trained on {self.text_source!r} text: give each record its "
+                       "llava_text (or --llava-file); records without one use the tweet alone, whose accuracy is "
+                       "unknown")
+        return out
 
     # ---------------------------------------------------------------- public API
     def predict(self, records: Iterable[Record | RecordError]) -> list[Prediction]:

@@ -47,9 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-PROBE_BATCH = 8
+PROBE_BATCH = 4
 PROBE_REPEATS = 2  # timed runs after one warm-up; the best counts
-INVARIANCE_RECORDS = 8
+INVARIANCE_RECORDS = 6
 MIN_COSINE = 0.999
 NEVER_CANDIDATES = ("auto", "torch")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_fp16")

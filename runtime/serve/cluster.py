@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import logging
 import os
 import sys
@@ -41,6 +42,15 @@ def _stderr_closed(closed: bool) -> Iterator[None]:
         os.close(saved)
 
 
+def _is_loopback(address: str) -> bool:
+    """True for `127.x.x.x:PORT`, `localhost:PORT` and `[::1]:PORT` (a cluster on this machine only)."""
+    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def require_ray(command: str) -> None:
     """MissingDependencyError (one line, exit 2) when Ray is not installed."""
     if importlib.util.find_spec("ray") is None:
@@ -59,7 +69,7 @@ def ray_session(address: str | None, num_cpus: int | None = None, verbose: bool 
     if not verbose:  # read when this process's core worker starts: its C++ log lines go to stderr
         os.environ.setdefault(BACKEND_LOG_LEVEL_ENV, "fatal")
     level = logging.INFO if verbose else logging.WARNING
-    if not address:  # read when ray is first imported: a local node then binds 127.0.0.1, not the LAN address
+    if not address or _is_loopback(address):  # read when ray is first imported: this node is then 127.0.0.1
         os.environ.setdefault(LOCAL_ONLY_ENV, "0")
     import ray
 

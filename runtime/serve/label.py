@@ -41,6 +41,7 @@ from crisis_tool.runtime.serve.options import LabelOptions, PredictorOptions
 from crisis_tool.runtime.writers import prediction_to_dict
 
 CLUSTER_RETRIES = 3
+BLOCK_BYTES = 64 * 1024  # about 200 records per Ray Data block
 Advance = Callable[[int], None]
 ProgressFactory = Callable[[str, int], contextlib.AbstractContextManager[Advance]]
 
@@ -105,6 +106,7 @@ def predicted_rows(
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = False  # the writer restores the order: no head-of-line wait
     context.enable_progress_bars = False
+    context.target_max_block_size = BLOCK_BYTES  # small blocks: answers stream back (progress, resumable partials)
     set_library_log_level(verbose)  # Ray Data sets INFO when it is first used
     files = ray.data.from_items([{"file": i, "path": str(p), "skip": skip} for i, p, skip in inputs],
                                 override_num_blocks=len(inputs))

@@ -41,10 +41,10 @@ def serve_local(predictor_options: PredictorOptions, serve_options: ServeOptions
 
     service = LocalService(predictor_options, serve_options)
     service.warm_up()
-    tls = {"ssl_certfile": str(serve_options.tls_cert), "ssl_keyfile": str(serve_options.tls_key)} \
-        if serve_options.tls_cert else {}
+    tls = serve_options.tls_cert is not None
     uvicorn.run(build_api(service), host=serve_options.host, port=serve_options.port, log_level="warning",
-                access_log=False, **tls)
+                access_log=False, ssl_certfile=str(serve_options.tls_cert) if tls else None,
+                ssl_keyfile=str(serve_options.tls_key) if tls else None)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -99,6 +99,8 @@ class ServiceCore:
             "max_image_pixels": serve_options.max_image_pixels,
             "max_request_pixels": serve_options.max_request_pixels,
             "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+            "warnings": self.predictor.warnings,  # e.g. random encoder weights
+            "backend_choice": _choice(engine),  # what `--backend auto` chose and why
         }
 
     def warm_up(self) -> None:
@@ -120,3 +122,9 @@ class ServiceCore:
         return {"uploads_in_flight": self.guard.in_flight, "uploads_cut": self.guard.cut_total,
                 "uploads_refused": self.guard.refused_total, "in_flight": self.in_flight,
                 "draining": float(self.draining), "rss_bytes": rss_bytes()}
+
+
+def _choice(engine: Any) -> dict[str, Any] | None:
+    """What `--backend auto` chose and why (None for an explicit backend)."""
+    choice = getattr(engine, "choice", None)
+    return choice.to_dict() if choice is not None and hasattr(choice, "to_dict") else None

@@ -244,3 +244,18 @@ def test_a_missing_engine_file_is_not_an_error_and_the_message_names_failures(tm
     assert message == (f"TensorRT engine parity failed (trt-int8 image_encoder: min_cosine 0.9 < 0.999); those "
                        f"engines were not written; every engine's parity is in {tmp_path}/manifest.json under "
                        "parity.trt-int8")
+
+
+def test_bundle_gate_cases_run_the_fp32_reference_on_the_gate_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    data = SimpleNamespace(batches=["b1", "b2"])
+    monkeypatch.setattr(engine_parity, "validation_batches", lambda max_batch: [1, max_batch])
+    monkeypatch.setattr(engine_parity, "gate_data_for", lambda spec, **kw: seen.update(kw) or data)
+    monkeypatch.setattr(engine_parity, "OnnxReference", lambda model, paths: ("ref", model, paths))
+    monkeypatch.setattr(engine_parity, "reference_cases",
+                        lambda reference, batches, model: [("case", reference, batches, model)])
+    got = engine_parity.bundle_gate_cases("MODEL", {"g": "p"}, "SPEC", preprocess={"p": 1},  # type: ignore[arg-type]
+                                          tokenizer="TOK", text_source="tweet", max_batch=6)
+    assert got == (data, [("case", ("ref", "MODEL", {"g": "p"}), ["b1", "b2"], "MODEL")])
+    assert seen == {"preprocess": {"p": 1}, "tokenizer": "TOK", "text_source": "tweet", "max_batch": 6,
+                    "batches": [1, 6]}

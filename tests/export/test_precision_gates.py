@@ -12,7 +12,7 @@ import pytest
 
 from crisis_tool.export import fallback
 from crisis_tool.export.formats import ExportOptions
-from crisis_tool.export.int8_candidates import STATIC_CANDIDATE, STATIC_CANDIDATES
+from crisis_tool.export.int8_candidates import ROWWISE_CANDIDATE, UNCALIBRATED_CANDIDATES
 from crisis_tool.export.validate import END_TO_END as VALIDATE_E2E
 from crisis_tool.export.validate import judge, wilson_interval
 from crisis_tool.runtime.errors import CrisisToolError
@@ -80,9 +80,10 @@ def test_int8_keeps_the_fastest_passing_candidate(int8_manifest):
     for graph in GRAPHS:
         entry = report[graph]
         assert entry["passed"] and entry["calibration"] == "generated" and entry["n"] == 1 + 3 + 4
-        # static Q/DQ only (calibrated on the gate's own records without --calib-data); the float-residual one
-        # only when the fully quantized one fails
-        assert STATIC_CANDIDATE in entry["candidates"] and set(entry["candidates"]) <= set(STATIC_CANDIDATES)
+        # batch-invariant candidates only (no --calib-data: the calibration-free per-row one first); a later one
+        # only when the ones before it fail
+        assert entry["candidates"] and set(entry["candidates"]) <= set(UNCALIBRATED_CANDIDATES)
+        assert next(iter(entry["candidates"])) == ROWWISE_CANDIDATE
         assert all(v["batch_invariant"] for v in entry["candidates"].values() if v["passed"])
         assert entry["fp32_seconds"] > 0
         timed = {k: v["seconds"] for k, v in entry["candidates"].items() if v["passed"]}

@@ -265,3 +265,72 @@ def test_uniform_feeds_leaves_other_inputs_alone() -> None:
                            "emb": np.ones((1, 3), np.float32)}])
     assert [r["eot"].tolist() for r in rows] == [[1], [2]]  # 1-D ids are not padded
     assert [r["ids"].shape for r in rows] == [(1, 3), (1, 3)] and rows[1]["emb"].shape == (1, 3)
+
+
+# --------------------------------------------------------------------------- row-wise int8 (batch-invariant)
+def run_graph(path: Path, x: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def rowwise_reference(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The documented row-wise int8 product, in numpy: per-row u8 activations, 7-bit per-column weights."""
+    scale_w = np.maximum(np.abs(weight).max(axis=0), 1e-12) / 63
+    w8 = np.clip(np.round(weight / scale_w), -63, 63)
+    lo, hi = np.minimum(x.min(axis=1, keepdims=True), 0), np.maximum(x.max(axis=1, keepdims=True), 0)
+    s = np.maximum((hi - lo) / 255, 1e-12)
+    zp = -np.round(lo / s)
+    a = np.clip(np.round(x / s) + zp, 0, 255)
+    return ((a @ w8) - zp * w8.sum(axis=0)) * s * scale_w
+
+
+def test_rowwise_int8_is_close_to_fp32_and_each_row_is_batch_invariant(tmp_path: Path) -> None:
+    """On a per-row graph (the attention block mixes rows by construction, so it cannot be invariant)."""
+    from crisis_tool.export.qdq import rowwise_int8_graph
+
+    src = single_matmul(tmp_path / "one.onnx")
+    out = rowwise_int8_graph(src, tmp_path / "rw.onnx")
+    rng = np.random.default_rng(5)
+    x = rng.normal(0.3, 1, (16, WIDE)).astype(np.float32)
+    x[3] *= 40  # one loud record: with per-batch scales it would cost every other row its resolution
+    ref, got = run_graph(src, x), run_graph(out, x)
+    for r, g in zip(ref, got, strict=True):
+        error = np.linalg.norm(g - r, axis=1) / np.linalg.norm(r, axis=1)  # each row against its own size
+        assert error.max() <= 0.1, error
+    weight = numpy_helper.to_array(onnx.load(str(src)).graph.initializer[0])
+    np.testing.assert_allclose(got[0], rowwise_reference(x, weight), rtol=1e-4, atol=1e-4)
+    for i in range(len(x)):  # alone == inside the batch, bit for bit
+        alone = run_graph(out, x[i : i + 1])
+        for a, g in zip(alone, got, strict=True):
+            np.testing.assert_array_equal(a[0], g[i])
+
+
+def test_rowwise_int8_replaces_only_the_chosen_2d_weight_matmuls(block: Path, tmp_path: Path) -> None:
+    from crisis_tool.export.qdq import ROWWISE_WEIGHT_LEVELS, rowwise_int8_graph
+
+    model = onnx.load(str(rowwise_int8_graph(block, tmp_path / "all.onnx")))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulInteger") == 7 and ops.count("MatMul") == 2  # the attention MatMuls stay float
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert "W_q_proj" not in inits and "W_side" not in inits  # the float weights are gone
+    w = inits["q_proj_w_int8"]
+    assert w.dtype == np.int8 and np.abs(w).max() == ROWWISE_WEIGHT_LEVELS == 63  # 7-bit, full range used
+    assert inits["q_proj_w_scale"].shape == (D,)  # per output column
+    np.testing.assert_array_equal(inits["q_proj_w_colsum"], w.astype(np.float32).sum(axis=0))
+    one = onnx.load(str(rowwise_int8_graph(block, tmp_path / "one.onnx", nodes=["mlp_up", "scores"])))
+    assert [n.op_type for n in one.graph.node].count("MatMulInteger") == 1
+    assert "W_q_proj" in {i.name for i in one.graph.initializer}
+    none = onnx.load(str(rowwise_int8_graph(block, tmp_path / "none.onnx", nodes=[])))
+    assert not [i.name for i in none.graph.initializer if i.name.startswith("rw_")]  # nothing unused is kept
+
+
+def test_cpu_qdq_weights_are_7_bit_and_tensorrt_weights_use_8(block: Path, tmp_path: Path) -> None:
+    def weight_range(flavour: str) -> int:
+        model = onnx.load(str(qdq_graph(block, tmp_path / f"{flavour}.onnx", feeds(), flavour=flavour)))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        return max(int(np.abs(inits[n.input[0]].astype(np.int32)).max()) for n in model.graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 2)
+
+    assert weight_range("cpu") <= 64 and weight_range("tensorrt") == 127

@@ -4,7 +4,8 @@ the reference row with the same batch size, text length and decode mode."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from crisis_tool.runtime.predictor import Prediction, TaskPrediction
 from crisis_tool.runtime.records import Record, RecordError
 
 CLASSES = ("a", "b")
+BUNDLE = SimpleNamespace(spec=SimpleNamespace(tasks=("t",)))  # what attach_task_metrics reads of a bundle
 
 
 def ok_row(choice: str = "onnxruntime-int8", batch: int = 8, **diffs: float) -> dict[str, Any]:
@@ -154,7 +156,7 @@ def test_differences_come_from_the_matching_reference_row() -> None:
     rows, results = rows_and_results([(reference, 1, "exact"), (reference, 4, "exact"), (worse, 4, "exact"),
                                       (worse, 2, "fast")])
     reference.predictor.labels = ["a", "b", "a", "b"]
-    attach_task_metrics(results, rows, labelled, None, rows[0])  # type: ignore[arg-type]
+    attach_task_metrics(results, rows, labelled, BUNDLE, rows[0])  # type: ignore[arg-type]
     assert results[2]["accuracy"] == 0.5 and results[2]["accuracy_diff"] == -0.5
     assert results[3]["accuracy_diff"] == -0.5  # no batch-2 reference: the first one
     assert results[1]["accuracy_diff"] == 0.0 and results[0]["macro_f1_diff"] == 0.0
@@ -172,7 +174,7 @@ def test_a_reference_row_at_another_batch_with_other_numbers_is_not_used_when_on
         return [prediction(label) for label in next(calls)]
 
     ref_rows.predictor.predict = predict  # type: ignore[method-assign]
-    attach_task_metrics(results, rows, labelled, None, rows[0])  # type: ignore[arg-type]
+    attach_task_metrics(results, rows, labelled, BUNDLE, rows[0])  # type: ignore[arg-type]
     assert results[0]["accuracy"] == 0.5 and results[1]["accuracy"] == 1.0
     assert results[2]["accuracy_diff"] == -0.25  # against the batch-4 reference (1.0), not batch 1 (0.5)
 
@@ -185,7 +187,7 @@ def test_failed_rows_get_empty_columns_and_a_broken_predictor_says_why() -> None
     rows, results = rows_and_results([(good, 1, "exact"), (broken, 1, "exact"), (absent, 1, "exact"),
                                       (good, 2, "exact")])
     results[3]["status"] = "failed: RuntimeError: x"
-    attach_task_metrics(results, rows, labelled, None, None)  # type: ignore[arg-type]
+    attach_task_metrics(results, rows, labelled, BUNDLE, None)  # type: ignore[arg-type]
     assert results[0]["accuracy"] == 1.0 and results[0]["accuracy_diff"] is None  # no reference: no diffs
     assert results[1]["metric_error"] == "RuntimeError: boom" and results[1]["accuracy"] is None
     assert all(results[i][k] is None for i in (2, 3) for k in METRIC_KEYS)
@@ -197,7 +199,7 @@ def test_metrics_and_differences_are_rounded_to_six_places() -> None:
     reference = FakeSubject(FakePredictor(["a", "b", "a"]))
     worse = FakeSubject(FakePredictor(["a", "b", "b"]))
     rows, results = rows_and_results([(reference, 1, "exact"), (worse, 1, "exact")])
-    attach_task_metrics(results, rows, labelled, None, rows[0])  # type: ignore[arg-type]
+    attach_task_metrics(results, rows, labelled, BUNDLE, rows[0])  # type: ignore[arg-type]
     assert results[1]["accuracy"] == 0.666667 and results[1]["accuracy_diff"] == -0.333333
 
 
@@ -206,7 +208,7 @@ def test_a_reference_without_metrics_gives_no_differences() -> None:
     reference = FakeSubject(FakePredictor([]))  # the reference row cannot classify the set
     other = FakeSubject(FakePredictor(["a", "b"]))
     rows, results = rows_and_results([(reference, 1, "exact"), (other, 1, "exact")])
-    attach_task_metrics(results, rows, labelled, None, rows[0])  # type: ignore[arg-type]
+    attach_task_metrics(results, rows, labelled, BUNDLE, rows[0])  # type: ignore[arg-type]
     assert results[1]["accuracy"] == 1.0 and results[1]["accuracy_diff"] is None
     with pytest.raises(MetricDropError, match="no reference row to compare with"):
         check_max_drop({"header": {"metric_reference": "onnxruntime"},
@@ -217,7 +219,7 @@ def test_results_and_rows_must_pair_up() -> None:
     subject = FakeSubject(FakePredictor(["a"]))
     rows, results = rows_and_results([(subject, 1, "exact")])
     with pytest.raises(ValueError):
-        attach_task_metrics(results + [dict(results[0])], rows, labelled_set(["a"]), None, None)  # type: ignore
+        attach_task_metrics(results + [dict(results[0])], rows, labelled_set(["a"]), BUNDLE, None)  # type: ignore
 
 
 def test_the_metric_predictor_is_made_cache_free_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -238,3 +240,48 @@ def test_the_metric_predictor_is_made_cache_free_once(monkeypatch: pytest.Monkey
     assert (second.max_batch, second.decode_mode) == (2, "fast")
     with pytest.raises(RuntimeError, match="row has no backend"):
         task_metrics.metric_predictor(Row(FakeSubject(None, backend=None), 1), None)  # type: ignore[arg-type]
+
+
+def answer(label: str, probs: dict[str, float], review: bool | None = None) -> TaskPrediction:
+    return TaskPrediction(label, max(probs.values()), probs, review)
+
+
+def test_ece_uses_fifteen_bins_of_the_calibrated_confidence() -> None:
+    # confidences 0.52 (right) and 0.55 (wrong): separate bins of 15 -> (0.48 + 0.55) / 2; one bin of 16 would
+    # give |0.5 - 0.535|
+    predictions = [Prediction("0", {"t": answer("a", {"a": 0.52, "b": 0.48})}),
+                   Prediction("1", {"t": answer("a", {"a": 0.55, "b": 0.45})})]
+    out = score(predictions, labelled_set(["a", "b"]))
+    assert out["ece"] == 0.515 and out["accuracy"] == 0.5
+
+
+def test_review_share_and_the_accuracy_of_the_unflagged() -> None:
+    labelled = labelled_set(["a", "b", "a", "b"])
+    flagged = [Prediction("0", {"t": answer("a", {"a": 0.9, "b": 0.1}, False)}),  # right
+               Prediction("1", {"t": answer("a", {"a": 0.6, "b": 0.4}, True)}),  # wrong, flagged
+               Prediction("2", {"t": answer("b", {"a": 0.3, "b": 0.7}, False)}),  # wrong
+               Prediction("3", {"t": answer("b", {"a": 0.2, "b": 0.8}, False)})]  # right
+    out = score(flagged, labelled)
+    assert out["review_share"] == 0.25 and out["unflagged_accuracy"] == 0.666667
+    everything = [Prediction(p.id, {"t": replace(p.tasks["t"], needs_review=True)}) for p in flagged]
+    out = score(everything, labelled)
+    assert out["review_share"] == 1.0 and out["unflagged_accuracy"] is None
+    unknown = [flagged[0], Prediction("1", {"t": answer("a", {"a": 0.6, "b": 0.4}, None)}), *flagged[2:]]
+    assert "review_share" not in score(unknown, labelled)  # no threshold for some record: no review columns
+
+
+def test_each_head_is_scored_on_its_own_set() -> None:
+    both = [Prediction(str(i), {"t": answer("a", {"a": 0.9, "b": 0.1}), "u": answer("b", {"a": 0.2, "b": 0.8})})
+            for i in range(2)]
+    t_set, u_set = labelled_set(["a", "b"]), labelled_set(["b", "b"])
+    u_set = replace(u_set, task="u")
+    subject = FakeSubject(FakePredictor([]))
+    subject.predictor.predict = lambda items: both  # type: ignore[method-assign]
+    rows, results = rows_and_results([(subject, 1, "exact")])
+    attach_task_metrics(results, rows, [t_set, u_set], BUNDLE, None)  # type: ignore[arg-type]
+    assert results[0]["accuracy"] == 0.5 and list(results[0]["tasks"]) == ["t", "u"]
+    assert results[0]["tasks"]["u"]["accuracy"] == 1.0 and results[0]["tasks"]["t"]["accuracy"] == 0.5
+    assert score(both, u_set)["accuracy"] == 1.0 and score(both, t_set)["accuracy"] == 0.5  # by task, not first
+    rows, results = rows_and_results([(subject, 1, "exact")])
+    attach_task_metrics(results, rows, t_set, BUNDLE, None)  # type: ignore[arg-type]
+    assert "tasks" not in results[0]

@@ -134,6 +134,9 @@ def register(app: typer.Typer) -> None:
         ),
         review_budget: int | None = typer.Option(
             None, "--review-budget", min=0, help="At most this many posts in the review queue."),
+        llava_file: Path | None = typer.Option(
+            None, "--llava-file", help="LLaVA captions by image id (what `crisis-tool caption` writes), for "
+                                       "bundles trained on llava or tweet+llava text."),
         groups: bool = typer.Option(True, "--groups/--no-groups",
                                     help="Near-duplicate groups (image pHash, normalised text) on every line."),
     ) -> None:
@@ -141,6 +144,7 @@ def register(app: typer.Typer) -> None:
         from crisis_tool.runtime.errors import UsageError
         from crisis_tool.runtime.image_decode import ImageLimits, check_decode_mode
         from crisis_tool.runtime.interrupts import prompt_interrupt
+        from crisis_tool.runtime.llava_text import read_llava_file, with_llava_text
         from crisis_tool.runtime.predictor import Predictor
         from crisis_tool.runtime.records import read_records
         from crisis_tool.runtime.triage.queue_writer import ReviewQueueWriter
@@ -156,6 +160,8 @@ def register(app: typer.Typer) -> None:
         check_decode_mode(decode)
         with prompt_interrupt():
             items = read_records(input_, image_root)
+            if llava_file is not None:
+                items = with_llava_text(items, read_llava_file(llava_file))
             predictor = Predictor.from_bundle(
                 bundle, backend=backend, max_batch=batch_size, precision=precision,
                 providers=parse_providers(providers), threads=threads, image_limits=limits, decode=decode,
