@@ -73,7 +73,7 @@ def _build_triton(opts: ExportOptions, progress: Progress) -> ExportResult:
 
 EXPORT_FORMATS: dict[str, ExportFormat] = {
     "onnx": ExportFormat("onnx", "ONNX graphs, validated against PyTorch, in a portable bundle", RUN_DIR,
-                         ("torch", "onnx"), _build_onnx, takes=CALIBRATION_OPTIONS | {"opset", "tar"}),
+                         ("torch", "onnx"), _build_onnx, takes=CALIBRATION_OPTIONS | {"opset", "tar", "explain"}),
     "trt": ExportFormat("trt", "TensorRT engines for this GPU, added to a bundle", BUNDLE,
                         ("GPU", "TensorRT"), _build_trt, takes=CALIBRATION_OPTIONS | {"timing_cache"}),
     "triton": ExportFormat("triton", "Triton model repository (ONNX models + ensemble) in --out", BUNDLE, (),

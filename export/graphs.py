@@ -102,22 +102,25 @@ class TextEncoderGraph(nn.Module):
 
 
 class HeadGraph(nn.Module):
-    """(image_embeds [B,D], text_embeds [B,D]) -> (logits [B,C], probs [B,C] = softmax(logits))."""
+    """(image_embeds [B,D], text_embeds [B,D]) -> (logits [B,C], probs [B,C] = softmax(logits)); with `explain`,
+    also modality_share [B,2] (the head's `modality_share`: image and text share of the fused vector)."""
 
-    def __init__(self, head: nn.Module) -> None:
+    def __init__(self, head: nn.Module, explain: bool = False) -> None:
         super().__init__()
         self.head = head
+        self.explain = explain
 
-    def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = self.head(image_embeds, text_embeds)
+        if self.explain:
+            return logits, torch.softmax(logits, dim=-1), self.head.modality_share(image_embeds, text_embeds)
         return logits, torch.softmax(logits, dim=-1)
 
 
 FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "image": lambda clip_model, **_: ImageEncoderGraph(clip_model),
     "text": lambda clip_model, eot_token_id, **_: TextEncoderGraph(clip_model, eot_token_id),
-    "head": lambda head, **_: HeadGraph(head),
+    "head": lambda head, explain, **_: HeadGraph(head, explain),
 }
 
 
@@ -125,4 +128,5 @@ def build_graph_module(spec: GraphSpec, clip_model: nn.Module, heads: dict[str, 
                        ) -> nn.Module:
     """The eval-mode torch module of one graph of the spec (a head graph wraps its task's head)."""
     head = heads.get(spec.task) if spec.task else None
-    return FACTORIES[spec.role](clip_model=clip_model, head=head, eot_token_id=eot_token_id).eval()
+    explain = "modality_share" in spec.output_names
+    return FACTORIES[spec.role](clip_model=clip_model, head=head, eot_token_id=eot_token_id, explain=explain).eval()

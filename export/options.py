@@ -28,6 +28,7 @@ class ExportOptions:
     max_batch: int | None = None  # None: DEFAULT_MAX_BATCH from a run dir, the bundle's own from a bundle
     opset: int = DEFAULT_OPSET
     force: bool = False
+    explain: bool = False  # head graphs also output each post's modality share (image vs text)
     tar: bool = False
     timing_cache: Path | None = None
     calib_data: Path | None = None  # records for calibration and the parity gates (default: generated inputs)

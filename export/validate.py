@@ -20,6 +20,7 @@ import numpy as np
 from crisis_tool.runtime.errors import CrisisToolError
 from crisis_tool.runtime.model_spec import (
     END_TO_END,
+    EXPLAIN_MAX_ABS,
     HEAD_GATE,
     IMAGE_GRAPH,
     LOGITS,
@@ -158,6 +159,10 @@ def reference_cases(reference: Any, inputs: Sequence[tuple[np.ndarray, np.ndarra
         text_embeds = np.asarray(reference.encode_text(ids), dtype=np.float32)
         outputs = {IMAGE_GRAPH.name: {"image_embeds": image_embeds}, TEXT_GRAPH.name: {"text_embeds": text_embeds}}
         for graph, task in heads:
+            if task is not None and hasattr(reference, "run_head_outputs"):
+                outputs[graph] = {k: np.asarray(v) for k, v in
+                                  reference.run_head_outputs(image_embeds, text_embeds, task).items()}
+                continue
             logits, probs = (reference.run_head(image_embeds, text_embeds, task) if task
                              else reference.run_head(image_embeds, text_embeds))
             outputs[graph] = {"logits": np.asarray(logits), "probs": np.asarray(probs)}
@@ -224,7 +229,12 @@ def check_runner(graph: GraphSpec | str, run: GraphRunner, cases: list[ParityCas
     numbers = compare(outs, refs, logits=spec.is_head)
     numbers.update({f"max_abs_{name}": value for name, value in other_diff.items()})
     numbers["batches"] = sorted({c.batch for c in cases})
-    return judge(numbers, spec.tolerance(precision))
+    entry = judge(numbers, spec.tolerance(precision))
+    if "modality_share" in other_diff:  # --explain: gated like any output
+        limit = EXPLAIN_MAX_ABS[precision]
+        entry["limits"]["max_abs_modality_share"] = limit
+        entry["passed"] = bool(entry["passed"] and other_diff["modality_share"] <= limit)
+    return entry
 
 
 def check_graph(graph: GraphSpec | str, path: Path, cases: list[ParityCase], precision: str) -> dict[str, Any]:

@@ -72,6 +72,8 @@ IMAGE_EMBEDS = TensorSpec("image_embeds", "float32", ("B", "D"))
 TEXT_EMBEDS = TensorSpec("text_embeds", "float32", ("B", "D"))
 LOGITS = TensorSpec("logits", "float32", ("B", "C"))
 PROBS = TensorSpec("probs", "float32", ("B", "C"))
+MODALITY_SHARE = TensorSpec("modality_share", "float32", ("B", 2))  # --explain: (image, text), rows sum to 1
+EXPLAIN_MAX_ABS = {"fp32": 1e-4, "fp16": 0.02, "int8": 0.02}  # the gate on modality_share
 
 
 @dataclass(frozen=True)
@@ -137,9 +139,11 @@ class HeadSpec:
     weights: str
     temperature: float = 1.0
     review_threshold: float | None = None
+    explain: bool = False  # the head graph also outputs modality_share (export --explain)
 
     def graph_spec(self) -> GraphSpec:
-        return GraphSpec(self.graph, "head", (IMAGE_EMBEDS, TEXT_EMBEDS), (LOGITS, PROBS), dict(HEAD_GATE),
+        outputs = (LOGITS, PROBS, MODALITY_SHARE) if self.explain else (LOGITS, PROBS)
+        return GraphSpec(self.graph, "head", (IMAGE_EMBEDS, TEXT_EMBEDS), outputs, dict(HEAD_GATE),
                          task=self.task, classes=len(self.labels))
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,6 +151,8 @@ class HeadSpec:
                                "weights": self.weights, "temperature": self.temperature}
         if self.review_threshold is not None:
             out["review_threshold"] = self.review_threshold
+        if self.explain:
+            out["explain"] = True
         return out
 
 
@@ -217,6 +223,10 @@ class ModelSpec:
 
     def head_for_graph(self, graph: str) -> HeadSpec | None:
         return next((h for h in self.heads if h.graph == graph), None)
+
+    def with_explain(self) -> ModelSpec:
+        """The same heads, each exporting its modality share (export --explain)."""
+        return ModelSpec(tuple(replace(h, explain=True) for h in self.heads))
 
     def with_calibration(self, task: str, temperature: float, review_threshold: float | None) -> ModelSpec:
         heads = tuple(replace(h, temperature=temperature, review_threshold=review_threshold) if h.task == task

@@ -66,6 +66,7 @@ class TaskPrediction:
     confidence: float
     probs: dict[str, float]
     needs_review: bool | None = None  # None: the bundle stores no review threshold for this head
+    explain: dict[str, float] | None = None  # --explain bundles: {"image": share, "text": share}, summing to 1
 
 
 @dataclass(frozen=True)
@@ -120,14 +121,17 @@ def calibrated_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def task_prediction(head: HeadSpec, logits: np.ndarray, probs: np.ndarray) -> TaskPrediction:
-    """One record's answer from one head: its raw logits and graph probabilities, calibrated here."""
+def task_prediction(head: HeadSpec, logits: np.ndarray, probs: np.ndarray, share: np.ndarray | None = None
+                    ) -> TaskPrediction:
+    """One record's answer from one head: its raw logits and graph probabilities, calibrated here; `share`
+    is the head's modality share (image, text) when the bundle was exported with --explain."""
     p = probs if head.temperature == 1.0 else calibrated_probs(logits[None, :], head.temperature)[0]
     best = int(np.argmax(p))
     confidence = float(p[best])
     review = None if head.review_threshold is None else confidence < head.review_threshold
+    explain = None if share is None else {"image": float(share[0]), "text": float(share[1])}
     return TaskPrediction(head.labels[best], confidence,
-                          {label: float(v) for label, v in zip(head.labels, p, strict=True)}, review)
+                          {label: float(v) for label, v in zip(head.labels, p, strict=True)}, review, explain)
 
 
 @dataclass
@@ -409,10 +413,16 @@ class Predictor:
             answers: list[dict[str, TaskPrediction]] = [{} for _ in ok]
             for head in self.heads:
                 start = time.perf_counter()
-                logits, probs = self.backend.run_head(image_embeds, text_embeds, head.task)
+                share = None
+                if head.explain:
+                    outputs = self.backend.run_head_outputs(image_embeds, text_embeds, head.task)
+                    logits, probs, share = outputs["logits"], outputs["probs"], outputs["modality_share"]
+                else:
+                    logits, probs = self.backend.run_head(image_embeds, text_embeds, head.task)
                 self._add(timings, "head", start)
                 for row in range(len(ok)):
-                    answers[row][head.task] = task_prediction(head, logits[row], probs[row])
+                    answers[row][head.task] = task_prediction(head, logits[row], probs[row],
+                                                              None if share is None else share[row])
             for row, i in enumerate(ok):
                 out[i] = Prediction(batch.items[i].id, answers[row])
         if grouper is not None:

@@ -22,8 +22,11 @@ from crisis_tool.runtime.errors import UsageError
 
 def task_to_dict(answer: Any) -> dict[str, Any]:
     """One head's answer (a `TaskPrediction`) as JSON data."""
-    return {"label": answer.label, "confidence": float(answer.confidence),
-            "probs": {k: float(v) for k, v in answer.probs.items()}, "needs_review": answer.needs_review}
+    out = {"label": answer.label, "confidence": float(answer.confidence),
+           "probs": {k: float(v) for k, v in answer.probs.items()}, "needs_review": answer.needs_review}
+    if getattr(answer, "explain", None) is not None:
+        out["explain"] = dict(answer.explain)
+    return out
 
 
 def prediction_to_dict(pred: Any, one_head: bool | None = None) -> dict[str, Any]:

@@ -100,6 +100,20 @@ class TorchBackend(Backend):
         return self.clip_model.encode_text(self._tensor(ids)).float().cpu().numpy()
 
     @torch.no_grad()
+    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                         ) -> dict[str, np.ndarray]:
+        """logits and probs, plus modality_share when the spec's head exports it (--explain)."""
+        logits, probs = self.run_head(image_embeds, text_embeds, task)
+        out = {"logits": logits, "probs": probs}
+        spec_head = self.spec.head(task) if self.spec is not None and task is not None else None
+        if spec_head is not None and spec_head.explain:
+            head = self.heads[task] if task is not None else self.head
+            share = head.modality_share(self._tensor(image_embeds.astype(np.float32, copy=False)),
+                                        self._tensor(text_embeds.astype(np.float32, copy=False)))
+            out["modality_share"] = share.cpu().numpy()
+        return out
+
+    @torch.no_grad()
     def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         if task is not None and task not in self.heads:

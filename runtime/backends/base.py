@@ -83,6 +83,15 @@ class Backend(ABC):
                  ) -> tuple[np.ndarray, np.ndarray]:
         """Task `task`'s fusion head (None: the first head): embeddings [B,D] x2 -> (logits [B,C], probs [B,C])."""
 
+    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                         ) -> dict[str, np.ndarray]:
+        """Every output of a head graph by name (logits, probs, and modality_share for an --explain bundle).
+
+        Default: logits and probs from `run_head`; backends that run the graph itself return all its outputs.
+        """
+        logits, probs = self.run_head(image_embeds, text_embeds, task)
+        return {"logits": logits, "probs": probs}
+
     def synchronize(self) -> None:  # noqa: B027 - optional hook, nothing to wait for on the CPU
         """Wait until queued device work is done (bench stops its clock after this). CPU backends: no-op."""
 

@@ -194,5 +194,12 @@ class OnnxRuntimeBackend(Backend):
         logits, probs = self._run(graph.name, graph.feeds(image_embeds, text_embeds))[:2]  # order checked on load
         return np.asarray(logits, dtype=np.float32), np.asarray(probs, dtype=np.float32)
 
+    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                         ) -> dict[str, np.ndarray]:
+        graph = (self.spec.head(task) if task else self.spec.heads[0]).graph_spec()
+        outputs = self._run(graph.name, graph.feeds(image_embeds, text_embeds))
+        return {name: np.asarray(out, dtype=np.float32) for name, out in zip(graph.output_names, outputs,
+                                                                              strict=True)}
+
     def close(self) -> None:
         self.sessions.clear()

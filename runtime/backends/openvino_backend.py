@@ -220,8 +220,13 @@ class OpenVinoBackend(Backend):
                  ) -> tuple[np.ndarray, np.ndarray]:
         graph = (self.spec.head(task) if task else self.spec.heads[0]).graph_spec()
         out = self._graphs[graph.name].run(graph.feeds(image_embeds, text_embeds))
-        logits_name, probs_name = graph.output_names
+        logits_name, probs_name = graph.output_names[:2]
         return out[logits_name], out[probs_name]
+
+    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                         ) -> dict[str, np.ndarray]:
+        graph = (self.spec.head(task) if task else self.spec.heads[0]).graph_spec()
+        return self._graphs[graph.name].run(graph.feeds(image_embeds, text_embeds))
 
     def files(self) -> list[Path]:
         return sorted(set(self._paths.values()))

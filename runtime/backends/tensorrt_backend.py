@@ -239,8 +239,13 @@ class TensorRTBackend(Backend):
     def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         head = self.spec.head(task) if task else self.spec.heads[0]
-        logits, probs = self._run_one(head.graph_spec(), image_embeds, text_embeds)
+        logits, probs = self._run_one(head.graph_spec(), image_embeds, text_embeds)[:2]
         return logits, probs
+
+    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                         ) -> dict[str, np.ndarray]:
+        graph = (self.spec.head(task) if task else self.spec.heads[0]).graph_spec()
+        return dict(zip(graph.output_names, self._run_one(graph, image_embeds, text_embeds), strict=True))
 
     def close(self) -> None:
         for engine in self.engines.values():

@@ -148,3 +148,26 @@ def test_user_mistakes_are_one_line(tiny_bundle: Path, inputs: list[Path], tmp_p
         err = capfd.readouterr().err
         assert code in (1, 2) and message in err and "Traceback" not in err, (args, err)
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_many_blocks_out_of_order_lose_and_repeat_no_row(local_ray: Any, tiny_bundle: Path, inputs: list[Path],
+                                                         tmp_path: Path, capfd) -> None:
+    """Ray Data without preserve_order, 12 files in small blocks through 2 actors: ids in == ids out, per file."""
+    source = [record for line in inputs[0].read_text(encoding="utf-8").splitlines()[6:]
+              if (record := json.loads(line))["id"] not in {f"r{n}" for n in BAD}]
+    folder, expected = tmp_path / "in", {}
+    folder.mkdir()
+    for f in range(12):
+        chunk = source[f * 50: f * 50 + 5 + (f * 37) % 45]
+        for record in chunk:
+            record["image"] = str(inputs[0].parent / record["image"])
+        (folder / f"p{f:02d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chunk), encoding="utf-8")
+        expected[f"p{f:02d}"] = [r["id"] for r in chunk]
+    capfd.readouterr()
+    code = run(["label", "--bundle", str(tiny_bundle), "--input", str(folder), "--output", str(tmp_path / "out"),
+                "--batch-size", "3", "--concurrency", "2", "--cpus-per-actor", "1", "--threads", "1"])
+    assert code == 0, capfd.readouterr().err
+    got = {name: [row["id"] for row in rows(tmp_path / "out" / f"{name}.predictions.jsonl")] for name in expected}
+    assert got == expected
+    total = sum(map(len, expected.values()))
+    assert f"12 files written, 0 already complete (skipped); {total} records, 0 errors" in capfd.readouterr().err

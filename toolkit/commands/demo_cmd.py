@@ -1,7 +1,8 @@
 """`crisis-tool demo`: the whole chain on an embedded default, offline, in a few minutes on a CPU.
 
 make-demo-data -> train one head per task (tiny random-weight CLIP) -> evaluate every head -> export one
-bundle with three heads (fp32 + int8, parity gates) -> predict (lean runtime, with the review queue) -> bench. Each step is the CLI command a user would type, printed before it runs.
+bundle with three heads (fp32 + int8, parity gates) -> predict (lean runtime, with the review queue) -> bench.
+Each step is the CLI command a user would type, printed before it runs.
 """
 
 from __future__ import annotations

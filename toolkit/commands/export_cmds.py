@@ -82,6 +82,9 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(DEFAULTS["force"], "--force",
                                    help="Write even if a parity gate fails; replace --out"),
         tar: bool = typer.Option(DEFAULTS["tar"], "--tar", help="Also write BUNDLE_DIR.tar.gz."),
+        explain: bool = typer.Option(DEFAULTS["explain"], "--explain/--no-explain",
+                                     help="Head graphs also output each post's modality share (image vs text), "
+                                          "parity-gated; predict then adds `explain` per head."),
         timing_cache: Path | None = typer.Option(None, "--timing-cache", help="TensorRT timing cache file."),
         calib_data: Path | None = typer.Option(
             DEFAULTS["calib_data"], "--calib-data",
@@ -109,7 +112,7 @@ def register(app: typer.Typer) -> None:
         opts = ExportOptions(model=model, out=out, from_bundle=from_bundle, format=format_, precision=precision,
                              max_batch=max_batch, opset=opset, force=force, tar=tar, timing_cache=timing_cache,
                              calib_data=calib_data, calib_image_root=calib_image_root, calib_task=calib_task,
-                             calib_split=calib_split, calib_splits=calib_splits, calib_n=calib_n)
+                             calib_split=calib_split, calib_splits=calib_splits, calib_n=calib_n, explain=explain)
         result = run_export(opts, progress=lambda text: console.print(f"[dim]{text}…[/dim]"))
         for graph, e in result.built.items():
             console.print(f"{graph}: {e['file']} ({e['gpu_name']}, TRT {e['trt_version']})")

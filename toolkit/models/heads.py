@@ -107,6 +107,14 @@ class GuidedFusionHead(nn.Module):
         alpha_e = torch.sigmoid(self.gate_from_image(f))
         return torch.stack((alpha_v * f_tilde, alpha_e * e_tilde), dim=1)
 
+    def modality_share(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """[B, 2]: how much of the fused vector each modality carries after the guided cross-attention gates,
+        ||v|| / (||v|| + ||t||) and ||t|| / (||v|| + ||t||) (rows sum to 1; 0.5 each when both are zero)."""
+        tokens = self.gated_tokens(image_embeds, text_embeds)
+        norms = torch.linalg.vector_norm(tokens, dim=-1)  # [B, 2]
+        total = norms.sum(dim=1, keepdim=True)
+        return torch.where(total > 0, norms / total.clamp_min(1e-12), torch.full_like(norms, 0.5))
+
     def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         tokens = self.gated_tokens(image_embeds, text_embeds)
         if self.cfg.head == "guided-diff":
@@ -126,6 +134,11 @@ class SingleModalityHead(nn.Module):
         self.front = embedding_front(cfg.clip_embed_dim, cfg.d_repr)
         self.proj = nn.Sequential(nn.Linear(cfg.d_repr, 2 * cfg.d_proj), nn.BatchNorm1d(2 * cfg.d_proj), nn.ReLU())
         self.classifier = classifier(2 * cfg.d_proj, cfg.num_classes, cfg.dropout)
+
+    def modality_share(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """[B, 2]: all of the decision comes from the one modality this baseline reads."""
+        one = torch.tensor([1.0, 0.0] if self.cfg.modality == "image" else [0.0, 1.0], device=image_embeds.device)
+        return one.expand(image_embeds.shape[0], 2)
 
     def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         x = image_embeds if self.cfg.modality == "image" else text_embeds
