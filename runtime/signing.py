@@ -26,7 +26,7 @@ from typing import Any
 from crisis_tool.runtime.atomic_files import atomic_write_text
 from crisis_tool.runtime.errors import BundleError, MissingDependencyError, UsageError
 from crisis_tool.runtime.file_guard import read_capped
-from crisis_tool.runtime.manifest import MANIFEST_SIGNATURE_NAME, Manifest, canonical_digest, read_manifest_json
+from crisis_tool.runtime.manifest import MANIFEST_SIGNATURE_NAME, canonical_digest, read_manifest_json
 
 SIGNATURE_NAME = MANIFEST_SIGNATURE_NAME
 SIGNATURE_FORMAT = "crisis-tool-signature/1"
@@ -139,13 +139,14 @@ def _read_key_file(path: str | Path, what: str) -> bytes:
 
 
 # --------------------------------------------------------------------------- signing and checking
-def sign_bundle(root: str | Path, private_key_path: str | Path) -> Path:
-    """Verify the bundle (digest, every file, nothing unlisted), then write `manifest.sig` atomically."""
+def sign_manifest(root: str | Path, private_key_path: str | Path) -> Path:
+    """Write `manifest.sig` atomically over the bundle's canonical manifest as it is now.
+
+    Sign only a bundle that was just verified (`Bundle.load(root, verify=True)`, as `crisis-tool sign` does):
+    signing a bundle that does not match its own manifest proves nothing.
+    """
     root = Path(root)
     key = load_private_key(private_key_path)
-    from crisis_tool.runtime.bundle import Bundle  # here: bundle.py imports this module when given a key
-
-    Bundle.load(root, verify=True)  # signing a bundle that does not match its own manifest proves nothing
     digest = canonical_digest(read_manifest_json(root))
     signature = key.sign(signed_message(digest))
     record = {"format": SIGNATURE_FORMAT, "algorithm": ALGORITHM, "key_id": key_id(key.public_key()),
@@ -199,13 +200,5 @@ MANIFEST_OR_SIG_CHANGED = (f"manifest.json changed after it was signed, or {SIGN
                            "(re-sign a bundle you changed on purpose)")
 
 
-def verify_signed_bundle(root: str | Path, pubkey_path: str | Path) -> tuple[Manifest, str]:
-    """The signature, then the digest, every file and the run config (`Bundle.load`); (manifest, key id)."""
-    from crisis_tool.runtime.bundle import Bundle
-
-    key = verify_signature(root, pubkey_path)
-    return Bundle.load(root, verify=True).manifest, key
-
-
 __all__ = ["SIGNATURE_NAME", "generate_keypair", "key_id", "load_private_key", "load_public_key",
-           "read_signature", "sign_bundle", "signed_message", "verify_signature", "verify_signed_bundle"]
+           "read_signature", "sign_manifest", "signed_message", "verify_signature"]

@@ -139,8 +139,8 @@ class FileInOrder:
         """Accept `row`; return the rows written now, in order (a repeated or already written row is ignored)."""
         if row.end:
             self.end = row.seq
-        else:
-            self.waiting[self.next] = row
+        elif row.seq >= self.next:
+            self.waiting.setdefault(row.seq, row)
         written = []
         while self.next in self.waiting:
             ready = self.waiting.pop(self.next)

@@ -48,7 +48,10 @@ def register(app: typer.Typer) -> None:
         key: Path = typer.Option(..., "--key", help="Private key from `crisis-tool keygen`."),
     ) -> None:
         """Sign a verified bundle's manifest: writes <bundle>/manifest.sig (replacing an older signature)."""
-        from crisis_tool.runtime.signing import key_id, load_private_key, sign_bundle
+        from crisis_tool.runtime.bundle import Bundle
+        from crisis_tool.runtime.signing import key_id, load_private_key, sign_manifest
 
-        path = sign_bundle(bundle, key)
+        load_private_key(key)  # a bad key file is one line before the bundle is read
+        Bundle.load(bundle, verify=True)  # sign only a bundle that matches its own manifest
+        path = sign_manifest(bundle, key)
         typer.echo(f"signed: {path} (key {key_id(load_private_key(key).public_key())[:16]})")
