@@ -38,7 +38,7 @@ from crisis_tool.runtime.backends.base import Backend, reject_options
 from crisis_tool.runtime.backends.registry import backend_class, backend_entry, backend_names, create_backend
 from crisis_tool.runtime.backends.user_cache import cache_dir
 from crisis_tool.runtime.batch_invariance import check_batch_invariance, mixed_inputs
-from crisis_tool.runtime.errors import CrisisToolError, UsageError
+from crisis_tool.runtime.errors import BundleError, CrisisToolError, UsageError
 
 if TYPE_CHECKING:
     from crisis_tool.runtime.backends.peak_probe import PeakProbe
@@ -276,6 +276,8 @@ def probe(bundle: Bundle, threads: int | None = None, precision: str | None = No
     for config in configs:
         try:
             numbers, outputs = probe_candidate(bundle, config, threads, reference, inputs)
+        except BundleError:
+            raise  # a graph that does not match the bundle's spec is a broken bundle, never routed around
         except Exception as exc:  # noqa: BLE001 - a configuration that cannot load or run here is skipped
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             results[config.label] = {"passed": False, "why": f"cannot run: {first}"}

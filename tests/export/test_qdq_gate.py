@@ -13,6 +13,7 @@ import pytest
 from crisis_tool.export.calibration import CalibrationSpec
 from crisis_tool.export.engine_parity import bundle_gate_cases, gated_qdq_graph
 from crisis_tool.export.qdq import QUANTIZED_OP_TYPES, scale_problems
+from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.tokenizer import ClipTokenizer
 
 
@@ -22,18 +23,31 @@ def gate(tiny_int8_bundle: Path):
     fp32 = {g: tiny_int8_bundle / e["file"] for g, e in manifest["graphs"]["fp32"].items()}
     tok = ClipTokenizer(tiny_int8_bundle / manifest["tokenizer"]["vocab_file"],
                         context_length=manifest["tokenizer"]["context_length"])
-    _, cases = bundle_gate_cases(fp32, CalibrationSpec(), preprocess=manifest["preprocess"], tokenizer=tok,
+    spec = Bundle.load(tiny_int8_bundle).spec
+    _, cases = bundle_gate_cases(spec, fp32, CalibrationSpec(), preprocess=manifest["preprocess"], tokenizer=tok,
                                  text_source=manifest["text_source"], max_batch=8)
     return fp32, cases
 
 
-@pytest.mark.parametrize("graph", ["image_encoder", "text_encoder", "head"])
+def _saturating_int8_cpu() -> bool:
+    """True on x86 CPUs without VNNI/AMX: onnxruntime's int8 kernels sum u8 x s8 pairs in 16 bits there, so an
+    onnxruntime run of a TensorRT Q/DQ graph is not what TensorRT computes (the gate then refuses honestly)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return not ({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags.split(":")[1].split()))
+
+
+@pytest.mark.parametrize("graph", ["image_encoder", "text_encoder", "head_informative"])
 def test_qdq_graph_passes_the_int8_gate_in_onnxruntime(gate, graph, tmp_path):
     fp32, cases = gate
+    if graph == "text_encoder" and _saturating_int8_cpu():
+        pytest.xfail("this CPU has no VNNI/AMX: onnxruntime's u8s8 kernels saturate, the text graph's gate fails")
     path, report = gated_qdq_graph(graph, fp32[graph], tmp_path / f"{graph}.qdq.onnx", cases)
     assert path is not None and report["passed"], report
     assert report["quantized_nodes"] > 0 and scale_problems(path) == []
-    if graph != "head":
+    if not graph.startswith("head"):
         assert report["min_cosine"] >= 0.999
     else:
         assert report["top1_agreement"] >= 0.99

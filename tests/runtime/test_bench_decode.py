@@ -61,13 +61,13 @@ def test_timed_e2e_rows_decode_in_their_own_mode(tiny_bundle: Path, monkeypatch:
     from crisis_tool.runtime import predictor as predictor_module
 
     seen: list[str] = []
-    real = predictor_module.load_preprocessed
+    real = predictor_module.decode_and_preprocess
 
     def spy(source, cfg, limits, decode="exact"):  # noqa: ANN001, ANN202 - a stand-in with the same call
         seen.append(decode)
         return real(source, cfg, limits, decode)
 
-    monkeypatch.setattr(predictor_module, "load_preprocessed", spy)
+    monkeypatch.setattr(predictor_module, "decode_and_preprocess", spy)
     opts = BenchOptions(tiny_bundle, backends=("onnxruntime",), batch_sizes=(2,), workload="e2e", seconds=0.1,
                         warmup=1, measure_gemm=False, decode=("fast",))
     (row,) = run_bench(opts)["rows"]

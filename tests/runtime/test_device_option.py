@@ -65,7 +65,8 @@ def test_predict_device_cpu_on_openvino_reports_the_device(tiny_bundle: Path, re
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--device", "CPU"], "backend 'onnxruntime' does not take --device"),
+    (["--backend", "onnxruntime", "--device", "CPU"], "backend 'onnxruntime' does not take --device"),
+    (["--device", "CPU"], "backend 'auto' does not take --device"),
     (["--backend", "openvino", "--device", "TPU"], "unknown OpenVINO device 'TPU'"),
 ])
 def test_device_mistakes_are_one_usage_line(tiny_bundle: Path, records: Path, tmp_path: Path, args: list[str],

@@ -145,8 +145,8 @@ def test_ctrl_c_ends_with_one_line_and_keeps_a_valid_prefix(tiny_bundle: Path, i
     assert proc.stderr is not None
     stdout, stderr = proc.stdout.read(), proc.stderr.read()
     assert proc.returncode == 130
-    lines = stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), stderr
+    lines = [line for line in stderr.decode().strip().splitlines() if not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), stderr  # (the random-weights warning aside)
     if to_file:
         assert out.read_text() == "previous run\n"
         ids = [json.loads(line)["id"] for line in partial.read_text().splitlines()]

@@ -86,7 +86,7 @@ def test_engines_from_bundle_without_torch_or_onnx(tiny_bundle: Path) -> None:
         print("EXIT", code)
         """
     )
-    argv = ["export", "--from-bundle", str(tiny_bundle), "--engine", "trt"]
+    argv = ["export", "--from-bundle", str(tiny_bundle), "--format", "trt"]
     proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=300,
                           env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]

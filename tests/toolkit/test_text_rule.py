@@ -20,6 +20,7 @@ import pytest
 from crisis_tool.data.crisismmd import read_split_tsv, resolve_task
 from crisis_tool.features import example_texts
 from crisis_tool.runtime.errors import UsageError
+from crisis_tool.runtime.model_spec import ModelSpec
 from crisis_tool.runtime.predictor import Predictor
 from crisis_tool.runtime.record_text import RecordText, record_text
 from crisis_tool.runtime.records import Record, read_tsv
@@ -53,7 +54,8 @@ def stub_predictor(source: str) -> Predictor:
     vocab = Path(pytest.importorskip("open_clip.tokenizer").default_bpe())
     tok = ClipTokenizer(vocab, 77)
     bundle = SimpleNamespace(
-        labels=["a", "b"], text_source=source, root=vocab.parent, preprocess_config={},
+        labels=["a", "b"], text_source=source, spec=ModelSpec.for_tasks([("informative", ["a", "b"])]),
+        root=vocab.parent, preprocess_config={},
         tokenizer_config={"vocab_file": vocab.name, "context_length": 77, "sot_token_id": tok.sot_token_id,
                           "eot_token_id": tok.eot_token_id},
     )

@@ -33,9 +33,10 @@ def test_training_learns_colour_classes(trained_run: tuple[Path, Path], demo_dat
     run_dir, cache = trained_run
     assert {p.name for p in run_dir.iterdir()} >= {"model.safetensors", "config.json", "metrics.json"}
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["labels"] == ["little_or_no_damage", "mild_damage", "severe_damage"]
+    (head,) = config["heads"]
+    assert head["task"] == "damage" and head["labels"] == ["little_or_no_damage", "mild_damage", "severe_damage"]
     assert config["clip"]["model_name"] == "crisis-tiny" and len(config["clip"]["weights_sha256"]) == 64
-    assert config["head"]["head"] == "guided-diff"
+    assert head["head"]["head"] == "guided-diff" and head["temperature"] > 0
     out_json = tmp_path / "metrics.json"
     code = run(["evaluate", "--model", str(run_dir), "--data", str(demo_data), "--split", "test",
                 "--json", str(out_json), "--cache-dir", str(cache)])
