@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -84,6 +85,9 @@ def serve_until_stopped(
     require_ray("serve")
     serve_options.validate()
     predictor_options.validate()
+    warning = serve_options.bind_warning()
+    if warning:
+        print(warning, file=sys.stderr)
     if not serve_options.address:
         check_port_free(serve_options.host, serve_options.port)
         predictor_options.check()  # a bad bundle, backend or device: one line before Ray starts

@@ -73,3 +73,31 @@ def test_serve_command_answers_then_stops_on_sigterm(tiny_bundle: Path, tmp_path
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         log.close()
+
+
+def test_every_hardening_option_reaches_the_server(tiny_bundle: Path, tmp_path: Path, monkeypatch, capfd) -> None:
+    """The serve command hands each option to ServeOptions (a flag that is parsed and dropped protects nobody),
+    and a non-loopback bind without a token warns."""
+    import hashlib
+
+    from crisis_tool.runtime.serve import server
+
+    seen = {}
+    monkeypatch.setattr(server, "serve_until_stopped", lambda predictor, options, announce: seen.update(o=options))
+    token = tmp_path / "token"
+    token.write_text("s3cret-token-of-enough-length\n")
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    assert run(["serve", "--bundle", str(tiny_bundle), "--body-timeout-s", "3", "--max-uploads-per-client", "5",
+                "--max-uploads-total", "50", "--max-image-pixels", "1000000", "--max-request-pixels", "9000000",
+                "--token-file", str(token), "--tls-cert", str(cert), "--tls-key", str(key), "--model-name", "crisis",
+                "--drain-s", "2"]) == 0
+    o = seen["o"]
+    assert (o.body_timeout_s, o.max_uploads_per_client, o.max_uploads_total) == (3, 5, 50)
+    assert (o.max_image_pixels, o.max_request_pixels, o.model_name, o.drain_s) == (1_000_000, 9_000_000, "crisis", 2)
+    assert o.token_sha256 == hashlib.sha256(b"s3cret-token-of-enough-length").hexdigest()
+    assert (o.tls_cert, o.tls_key) == (cert, key)
+    assert o.bind_warning() is None
+    open_bind = type(o)(host="0.0.0.0")
+    assert "without --token-file" in (open_bind.bind_warning() or "")

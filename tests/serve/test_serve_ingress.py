@@ -98,13 +98,13 @@ def settings(local: Local) -> Iterator[Any]:
 def decode_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts every image the Predictor decodes (its one decode entry point)."""
     calls: list[int] = []
-    real = predictor_module.load_preprocessed
+    real = predictor_module.decode_and_preprocess
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(predictor_module, "load_preprocessed", counting)
+    monkeypatch.setattr(predictor_module, "decode_and_preprocess", counting)
     return calls
 
 

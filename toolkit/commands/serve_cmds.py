@@ -11,7 +11,7 @@ import typer
 
 from crisis_tool.commands.predict_cmd import DEVICE_HELP, EXIT_SOME_FAILED, _check_bundle_arg, parse_providers
 from crisis_tool.runtime.backends import backend_names
-from crisis_tool.runtime.serve.options import LabelOptions, PredictorOptions, ServeOptions
+from crisis_tool.runtime.serve.options import LabelOptions, PredictorOptions, ServeOptions, read_token_digest
 
 _PRED, _SERVE, _LABEL = PredictorOptions(), ServeOptions(), LabelOptions()
 LABEL_INTERRUPT_GRACE_S = 5.0  # after Ctrl-C: time to keep the partials and stop Ray before a forced exit
@@ -101,7 +101,11 @@ def register(app: typer.Typer) -> None:
             host=host, port=port, address=address, replicas=replicas, min_replicas=min_replicas,
             max_replicas=max_replicas, gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
             max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_ongoing_requests=max_ongoing_requests,
-            max_body_bytes=max_body_bytes, max_records=max_records,
+            max_body_bytes=max_body_bytes, max_records=max_records, body_timeout_s=body_timeout_s,
+            max_uploads_per_client=max_uploads_per_client, max_uploads_total=max_uploads_total,
+            max_image_pixels=max_image_pixels, max_request_pixels=max_request_pixels,
+            token_sha256=read_token_digest(token_file) if token_file is not None else None,
+            tls_cert=tls_cert, tls_key=tls_key, model_name=model_name or "", drain_s=drain_s,
         )
         predictor = _predictor_options(bundle, backend, precision, providers, threads, device, max_image_bytes,
                                        decode, pubkey)
