@@ -15,9 +15,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/crisis-tool demo --out demo_out
 
-test: $(STAMP) typecheck browser
+test: $(STAMP) typecheck browser build/tensorrt-stubs
 	HF_HUB_OFFLINE=1 $(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
+
+# TensorRT's API names, checked against tensorrt-stubs (tests/export/test_trt_api_stubs.py). Kept out of the venv:
+# its `tensorrt/` folder would make `import tensorrt` succeed as an empty package.
+build/tensorrt-stubs:
+	$(PY) -m pip install -q --no-deps --target build/tensorrt-stubs tensorrt-stubs || \
+	  echo "note: tensorrt-stubs not installed; the TensorRT API test will skip"
 
 # The review page's real-browser test needs Debian's chromium + chromium-driver; installed here when missing
 # (as root, with apt); where that cannot be done the test skips and prints why.

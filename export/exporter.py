@@ -94,6 +94,13 @@ def export_bundle(opts: ExportOptions, progress: Any = None) -> ExportResult:
                                 vocab_path=clip.vocab_path, graphs=graphs, precision=precision, parity=parity,
                                 validated=validated, forced=bool(failed), max_batch=max_batch, opset=opts.opset,
                                 calibration=gate_data.describe())
+        _step(progress, "checking batch invariance")
+        manifest = gate_batch_invariance(tmp, manifest)
+        failed = failures(manifest.parity)
+        if failed and not opts.force:
+            lines = "\n".join(f"  {line}" for line in failed)
+            raise CrisisToolError(f"batch-invariance gate failed; nothing written to {out} (pass --force to write "
+                                  f"the bundle anyway, marked forced):\n{lines}")
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         tmp.replace(out)
@@ -104,6 +111,34 @@ def export_bundle(opts: ExportOptions, progress: Any = None) -> ExportResult:
     if opts.tar:
         result.tar = write_tar(out)
     return result
+
+
+def gate_batch_invariance(root: Path, manifest: Any) -> Any:
+    """Each precision's graphs end to end in onnxruntime: every record alone vs inside one batch of 32 mixed
+    records (noise and photo-like images, short and context-filling texts, duplicates), every head's probs.
+    Recorded as `parity.<precision>.batch_invariance` (a failed check fails the export like any gate)."""
+    from dataclasses import replace
+
+    from crisis_tool.runtime.backends import create_backend
+    from crisis_tool.runtime.batch_invariance import check_batch_invariance, gate_entry, mixed_inputs
+    from crisis_tool.runtime.bundle import Bundle
+
+    bundle = Bundle.load(root, verify=False)
+    tok = manifest.tokenizer
+    inputs = mixed_inputs(bundle.dims, n=32, sot=tok.sot_token_id, eot=tok.eot_token_id)
+    parity = dict(manifest.parity)
+    forced = manifest.forced
+    for precision in manifest.graphs:
+        backend = create_backend("onnxruntime", bundle, precision=precision, providers=["CPUExecutionProvider"])
+        try:
+            report = check_batch_invariance(backend, inputs, precision=precision)
+        finally:
+            backend.close()
+        entry = {**gate_entry(report), "passed": report.passed, "n": report.n_records,
+                 "batch_size": report.batch_size, "why": report.describe()}
+        parity[precision] = {**parity.get(precision, {}), "batch_invariance": entry}
+        forced = forced or not report.passed
+    return replace(manifest, parity=parity, forced=forced).save(root)
 
 
 def _step(progress: Any, text: str) -> None:

@@ -113,7 +113,8 @@ class HeadGraph(nn.Module):
     def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = self.head(image_embeds, text_embeds)
         if self.explain:
-            return logits, torch.softmax(logits, dim=-1), self.head.modality_share(image_embeds, text_embeds)
+            share = self.head.modality_share(image_embeds, text_embeds)  # type: ignore[operator]
+            return logits, torch.softmax(logits, dim=-1), share
         return logits, torch.softmax(logits, dim=-1)
 
 

@@ -222,8 +222,9 @@ def _clear_caches(predictor: Any) -> None:
     for attr in ("image_cache", "text_cache"):
         cache = getattr(predictor, attr, None)
         data = getattr(cache, "_data", None)
-        if data is not None:
-            with cache._lock:
+        lock = getattr(cache, "_lock", None)
+        if data is not None and lock is not None:
+            with lock:
                 data.clear()
 
 

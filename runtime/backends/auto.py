@@ -377,7 +377,11 @@ class AutoBackend(Backend):
                  ) -> tuple[np.ndarray, np.ndarray]:
         if task is None:
             return self.inner.run_head(image_embeds, text_embeds)
-        return self.inner.run_head(image_embeds, text_embeds, task)  # type: ignore[call-arg]
+        return self.inner.run_head(image_embeds, text_embeds, task)
+
+    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
+                         ) -> dict[str, np.ndarray]:
+        return self.inner.run_head_outputs(image_embeds, text_embeds, task)
 
     def synchronize(self) -> None:
         self.inner.synchronize()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from crisis_tool.runtime.table_columns import Column, Row
@@ -58,6 +58,13 @@ def stage_text(row: Row) -> str | None:
     return text + (f"; non-encoder {100 * share:.1f}%" if share is not None else "")
 
 
+def invariance_cell(row: Mapping[str, Any]) -> str | None:
+    """"yes 3e-08" / "NO 4.2e-03": the row's backend, each record alone vs in a batch of mixed records."""
+    if row.get("batch_invariant") is None:
+        return None
+    return f"{'yes' if row['batch_invariant'] else 'NO'} {row['batch_invariance_max_diff']:.1g}"
+
+
 def bench_columns(rows: list[dict[str, Any]]) -> list[Column]:
     """Every bench column in order; the `default` ones fit 80 columns. Text and decode columns appear when the
     run has several text lengths or a decode mode other than exact."""
@@ -87,7 +94,10 @@ def bench_columns(rows: list[dict[str, Any]]) -> list[Column]:
         Column("ΔmF1", _num("macro_f1_diff", "+.4f"), default=False, optional=True),
         Column("w-F1", _num("weighted_f1", ".4f"), default=False, optional=True),
         Column("ΔwF1", _num("weighted_f1_diff", "+.4f"), default=False, optional=True),
+        Column("ECE", _num("ece", ".4f"), default=False, optional=True),
+        Column("flagged", _num("review_share", ".1f", "%", 100), default=False, optional=True),
         Column("failed", _num("failed", "d"), default=False, optional=True),
+        Column("invariant", invariance_cell, default=False),
         Column("fast cos", _num("decode_cosine", ".6f"), default=False, optional=True),
         Column("GFLOP/s", _num("gflops", ".2f"), default=False),
         Column("% peak", _num("roofline_pct", ".1f"), default=False),

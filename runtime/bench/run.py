@@ -59,7 +59,10 @@ def load_subject(variant: str, bundle: Bundle, opts: BenchOptions, threads: int)
     start = time.perf_counter()
     try:
         options = {"device": opts.device} if opts.device and cls.takes_option("device") else {}
-        subject.backend = create_backend(name, bundle, precision=precision, threads=threads, **options)
+        # `auto` picks its own precision (the fastest verified configuration), like predict's default
+        chosen = None if name == "auto" else precision
+        subject.backend = create_backend(name, bundle, precision=chosen, threads=threads, **options)
+        subject.precision = subject.backend.precision
         if opts.workload == "e2e":
             subject.predictor = Predictor(bundle, subject.backend, max_batch=max(opts.batch_sizes), cache_size=0)
     except MissingDependencyError as exc:
@@ -184,6 +187,28 @@ def _prepare_inputs(opts: BenchOptions, bundle: Bundle, tmp: Path, say: Callable
     return text_sets, inputs
 
 
+def attach_invariance(results: list[dict[str, Any]], rows: list[Row], bundle: Bundle) -> None:
+    """Every ok row gets its backend's batch invariance (checked once per backend x precision)."""
+    from crisis_tool.runtime.batch_invariance import check_batch_invariance, gate_entry, mixed_inputs
+
+    checked: dict[int, dict[str, Any]] = {}
+    for res, row in zip(results, rows, strict=True):
+        backend = row.subject.backend
+        if res.get("status") != "ok" or backend is None:
+            continue
+        if id(backend) not in checked:
+            try:
+                report = check_batch_invariance(backend, mixed_inputs(bundle.dims, n=INVARIANCE_RECORDS),
+                                                precision=row.subject.precision, batch_size=INVARIANCE_RECORDS)
+                checked[id(backend)] = gate_entry(report)
+            except Exception as exc:  # noqa: BLE001 - a backend that cannot be checked says why
+                checked[id(backend)] = {"batch_invariance_error": f"{type(exc).__name__}: {exc}"[:200]}
+        res.update(checked[id(backend)])
+
+
+INVARIANCE_RECORDS = 16  # mixed records, each alone and all in one batch (bench: once per backend x precision)
+
+
 def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns {"header": {...}, "rows": [...]} (rows in backend x batch order)."""
     opts.check()
@@ -233,6 +258,8 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None)
                     except Exception as exc:  # noqa: BLE001
                         row.fail(exc)
             results = [summarise(r, opts.workload, None, bundle, cold) for r in rows]
+            say("batch invariance: each record alone vs in a batch of mixed records")
+            attach_invariance(results, rows, bundle)
             add_comparisons(results, rows, reference)
             if peaks is not None:
                 header["roofline_warnings"] = peaks.apply(results, rows)

@@ -34,7 +34,10 @@ def _inputs(batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_manifest_records_passing_fp32_gates(tiny_int8_bundle: Path):
     parity = json.loads((tiny_int8_bundle / "manifest.json").read_text())["parity"]["fp32"]
-    assert set(parity) == {"image_encoder", "text_encoder", "head_informative", "end_to_end:informative"}
+    assert set(parity) == {"image_encoder", "text_encoder", "head_informative", "end_to_end:informative",
+                           "batch_invariance"}
+    invariance = parity.pop("batch_invariance")
+    assert invariance["passed"] and invariance["batch_invariance_max_diff"] <= 1e-6 and invariance["n"] == 32
     for entry in parity.values():
         assert entry["passed"] and entry["batches"] == list(BATCHES)
     e2e = parity["end_to_end:informative"]

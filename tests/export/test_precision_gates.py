@@ -217,3 +217,18 @@ def test_fp16_variant_keeps_norms_in_fp32(tiny_run, tmp_path):
         if node.op_type == "LayerNormalization":
             assert not set(node.input[1:]) & fp16_inits  # LayerNorm scale/bias stay fp32
     assert np.isfinite(manifest["parity"]["fp32"][E2E]["max_abs"])
+
+
+def test_a_batch_coupled_bundle_is_refused_at_export(monkeypatch, tiny_run, tmp_path):
+    """The export's batch-invariance gate: a bound no backend can meet stands in for a coupled graph."""
+    from crisis_tool.runtime import batch_invariance
+
+    monkeypatch.setitem(batch_invariance.TOLERANCES, "fp32", -1.0)
+    out = tmp_path / "coupled"
+    with pytest.raises(CrisisToolError) as info:
+        _export(tiny_run, out, precision="fp32")
+    lines = str(info.value).splitlines()
+    assert "batch-invariance gate failed" in lines[0] and any("fp32 batch_invariance" in line for line in lines)
+    assert not out.exists()
+    forced = _export(tiny_run, tmp_path / "forced", precision="fp32", force=True)
+    assert forced["forced"] is True and forced["parity"]["fp32"]["batch_invariance"]["passed"] is False

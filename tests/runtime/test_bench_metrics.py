@@ -158,7 +158,7 @@ def test_max_drop_exit_code_and_one_line(tiny_bundle: Path, labelled_jsonl: Path
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(err) == 1 and err[0].startswith("error: rolled batch 2: accuracy")
     table = [line for line in md.read_text().splitlines() if line.startswith("|")]
-    assert "| acc | Δacc | macro-F1 | ΔmF1 | w-F1 | ΔwF1 | failed |" in table[0]
+    assert "| acc | Δacc | macro-F1 | ΔmF1 | w-F1 | ΔwF1 | ECE | failed | invariant |" in table[0]
     assert any(line.startswith("| rolled fp32 |") and "| 0.0000 | -1.0000 |" in line for line in table)
     assert run([*base, "--backends", "onnxruntime"]) == 0
 

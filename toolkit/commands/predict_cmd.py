@@ -167,6 +167,9 @@ def register(app: typer.Typer) -> None:
                 providers=parse_providers(providers), threads=threads, image_limits=limits, decode=decode,
                 backend_options={"device": device}, tasks=tasks, groups=groups, pubkey=pubkey,
             )
+            choice = getattr(predictor.backend, "choice", None)
+            if choice is not None:  # --backend auto: what it chose and why, in one line
+                typer.echo(choice.line(), err=True)
             start = time.perf_counter()
             writer = JsonlWriter(output, keep_partial=True, one_head=len(predictor.spec.heads) == 1)
             queue = ReviewQueueWriter(review_queue, budget=review_budget) if review_queue is not None else None
