@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from crisis_tool.runtime.file_guard import DEFAULT_MAX_IMAGE_BYTES
+from crisis_tool.runtime.predictor_options import PredictorOptions
 
 if TYPE_CHECKING:
     from crisis_tool.runtime.predictor import Predictor
@@ -99,7 +100,8 @@ def register(app: typer.Typer) -> None:
             ..., "--input", help="A CrisisMMD .tsv, a .jsonl, a folder of images, or '-' for JSONL on stdin."
         ),
         output: str = typer.Option(..., "--output", help="Output .jsonl, or '-' for stdout."),
-        backend: str = typer.Option("auto", "--backend", help=f"One of: {backends}."),
+        backend: str = typer.Option(PredictorOptions.backend, "--backend", help=f"One of: {backends} (default "
+                                    "auto: the fastest configuration this bundle's gates verified here)."),
         precision: str | None = typer.Option(
             None, "--precision", help="fp32, fp16 or int8 (default: the bundle's own precision)."
         ),
@@ -145,7 +147,6 @@ def register(app: typer.Typer) -> None:
         from crisis_tool.runtime.image_decode import ImageLimits, check_decode_mode
         from crisis_tool.runtime.interrupts import prompt_interrupt
         from crisis_tool.runtime.llava_text import read_llava_file, with_llava_text
-        from crisis_tool.runtime.predictor import Predictor
         from crisis_tool.runtime.records import read_records
         from crisis_tool.runtime.triage.queue_writer import ReviewQueueWriter
         from crisis_tool.runtime.writers import JsonlWriter
@@ -162,11 +163,12 @@ def register(app: typer.Typer) -> None:
             items = read_records(input_, image_root)
             if llava_file is not None:
                 items = with_llava_text(items, read_llava_file(llava_file))
-            predictor = Predictor.from_bundle(
-                bundle, backend=backend, max_batch=batch_size, precision=precision,
-                providers=parse_providers(providers), threads=threads, image_limits=limits, decode=decode,
-                backend_options={"device": device}, tasks=tasks, groups=groups, pubkey=pubkey,
-            )
+            names = parse_providers(providers)
+            predictor = PredictorOptions(
+                bundle=bundle, backend=backend, precision=precision, providers=tuple(names) if names else None,
+                threads=threads, max_batch=batch_size, device=device, max_image_bytes=limits.max_bytes,
+                decode=decode, pubkey=pubkey, tasks=tasks, groups=groups,
+            ).load()
             choice = getattr(predictor.backend, "choice", None)
             if choice is not None:  # --backend auto: what it chose and why, in one line
                 typer.echo(choice.line(), err=True)

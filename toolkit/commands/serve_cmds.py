@@ -17,7 +17,8 @@ _PRED, _SERVE, _LABEL = PredictorOptions(), ServeOptions(), LabelOptions()
 LABEL_INTERRUPT_GRACE_S = 5.0  # after Ctrl-C: time to keep the partials and stop Ray before a forced exit
 
 BUNDLE = typer.Option(..., "--bundle", help="Bundle folder written by `crisis-tool export`.")
-BACKEND = typer.Option("auto", "--backend", help=f"Backend: {', '.join(backend_names())} (the registry; default auto).")
+BACKEND = typer.Option(_PRED.backend, "--backend",
+                       help=f"Backend: {', '.join(backend_names())} (the registry; default auto).")
 PRECISION = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the bundle's own precision).")
 PROVIDERS = typer.Option(None, "--providers", help="ONNX Runtime providers in order, e.g. 'cpu' or 'cuda,cpu'.")
 THREADS = typer.Option(None, "--threads", min=1, help="Intra-op threads per replica or actor (onnxruntime).")
