@@ -54,7 +54,7 @@ def main() -> None:
     rows = {"torch": (torch, "exact"), "auto": (auto, "exact"), "auto --decode fast": (auto, "fast")}
     with tempfile.TemporaryDirectory() as folder:
         records = generate_records(args.batch * args.batches, Path(folder), seed=11)
-        predictors = {name: Predictor(bundle, backend, max_batch=args.batch, cache_size=0, decode=decode)
+        predictors = {name: Predictor(bundle, backend, batch_size=args.batch, cache_size=0, decode=decode)
                       for name, (backend, decode) in rows.items()}
         for predictor in predictors.values():
             predictor.predict(records[: args.batch])  # warm-up

@@ -109,7 +109,7 @@ def main() -> None:
     records_dir = work / "records"
     records_dir.mkdir(exist_ok=True)
     batches = [generate_records(args.batch, records_dir, seed=100 + r) for r in range(args.rounds + 1)]
-    load = dict(backend=args.backend, max_batch=args.batch, cache_size=0)
+    load = dict(backend=args.backend, batch_size=args.batch, cache_size=0)
     three_p = Predictor.from_bundle(three, **load)
     single_p = {task: Predictor.from_bundle(path, **load) for task, path in singles.items()}
     for predictor in (three_p, *single_p.values()):  # warm-up on the extra batch

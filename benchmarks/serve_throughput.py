@@ -82,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         generated = generate_records(args.records, tmp, seed=3)
         records = [Record(r.id, r.text, Path(str(r.image)).read_bytes()) for r in generated]
-    with Predictor.from_bundle(args.bundle, max_batch=args.predict_batch) as predictor:
+    with Predictor.from_bundle(args.bundle, batch_size=args.predict_batch) as predictor:
         predictor.predict([warmup_record()])  # as each serve replica does before it is ready
         start = time.perf_counter()
         direct = predictor.predict(records)
@@ -94,7 +94,7 @@ def main() -> None:
         from ray import serve
 
         start_server(PredictorOptions(bundle=args.bundle.resolve()),
-                     ServeOptions(port=args.port, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms))
+                     ServeOptions(port=args.port, batch_size=args.max_batch, batch_wait_ms=args.batch_wait_ms))
         handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name="crisis-tool")
         answers, latencies, serve_s = post_all(args.port, bodies, args.clients)
         stats = handle.stats.remote().result()

@@ -233,7 +233,7 @@ def _predictor_runner(predictor: Any, records: Sequence[Any] | None, batch_size:
     def run() -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
         items = list(records if records is not None else mixed_records(batch_size))[:batch_size]
         if getattr(predictor, "max_batch", batch_size) < len(items):
-            raise ValueError(f"the predictor's max batch {predictor.max_batch} is below {len(items)}")
+            raise ValueError(f"the predictor's max batch {predictor.batch_size} is below {len(items)}")
         _clear_caches(predictor)
         together = [_prediction_probs(p) for p in predictor.predict(items)]
         alone = []

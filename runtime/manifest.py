@@ -139,7 +139,7 @@ class EngineEntry:
                    r.get("profile", dict, {}), r.get("fp32_layers", int, None))
 
     @property
-    def max_batch(self) -> int | None:
+    def profile_max_batch(self) -> int | None:
         """The smallest batch upper bound of the engine's optimization profile (None if unknown)."""
         limits = [s["max"][0] for s in self.profile.values()
                   if isinstance(s, dict) and isinstance(s.get("max"), list) and s["max"]]

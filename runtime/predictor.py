@@ -4,7 +4,7 @@ Every selected head (one per task of the bundle's model spec) runs on the same e
 once per post whatever the number of tasks. A head's confidence is calibrated (softmax of logits / the
 head's temperature) and, where the bundle stores a review threshold, `needs_review` is set below it.
 
-Per batch (up to `max_batch` records): image files are read, hashed (sha256 of the bytes), decoded and
+Per batch (up to `batch_size` records): image files are read, hashed (sha256 of the bytes), decoded and
 preprocessed in a small thread pool while the previous batch runs on the backend; texts are composed
 (`record_text`, the bundle's text source), tokenized with each batch trimmed to its longest sequence and
 encoded shortest-first; identical images and texts are encoded once (LRU caches of embeddings keyed by
@@ -155,7 +155,7 @@ class Predictor:
         self,
         bundle: Bundle,
         backend: Backend,
-        max_batch: int = 32,
+        batch_size: int = 32,
         cache_size: int = 4096,
         workers: int | None = None,
         image_limits: ImageLimits | None = None,
@@ -165,7 +165,7 @@ class Predictor:
     ) -> None:
         self.bundle = bundle
         self.backend = backend
-        self.max_batch = max(1, int(max_batch))
+        self.batch_size = max(1, int(batch_size))  # records per batch
         self.spec = bundle.spec
         self.heads = self.spec.select(tasks)
         self.tasks = tuple(h.task for h in self.heads)
@@ -191,7 +191,7 @@ class Predictor:
         cls,
         path: str | Path,
         backend: str = "onnxruntime",
-        max_batch: int = 32,
+        batch_size: int = 32,
         precision: str | None = None,
         providers: list[str] | None = None,
         threads: int | None = None,
@@ -211,9 +211,9 @@ class Predictor:
         bundle.spec.select(options.get("tasks"))  # an unknown --tasks is a usage error before any session loads
         engine = create_backend(backend, bundle, precision=precision, providers=providers, threads=threads,
                                 **dict(backend_options or {}))
-        limit = engine.max_batch  # e.g. a TensorRT engine's fixed profile
+        limit = engine.engine_batch_limit  # e.g. a TensorRT engine's fixed profile
         try:
-            predictor = cls(bundle, engine, max_batch=min(max_batch, limit) if limit else max_batch, **options)
+            predictor = cls(bundle, engine, batch_size=min(batch_size, limit) if limit else batch_size, **options)
         except BaseException:
             engine.close()  # a GPU context or session must not outlive a Predictor that failed to build
             raise
@@ -240,7 +240,7 @@ class Predictor:
     def predict(self, records: Iterable[Record | RecordError]) -> list[Prediction]:
         """One Prediction per record, in order."""
         items = list(records)
-        chunks = iter([items[i : i + self.max_batch] for i in range(0, len(items), self.max_batch)])
+        chunks = iter([items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)])
         return list(self._pipeline(lambda block: next(chunks, None)))
 
     def predict_stream(
@@ -248,12 +248,12 @@ class Predictor:
     ) -> Iterator[Prediction]:
         """Predictions as batches complete, in order, with bounded memory (suits stdin).
 
-        A batch closes at `max_batch` records, or `linger_s` after its first record when input pauses, so a
+        A batch closes at `batch_size` records, or `linger_s` after its first record when input pauses, so a
         slow producer still gets its answers promptly.
         """
-        stream = RecordQueue(records, 2 * self.max_batch)
+        stream = RecordQueue(records, 2 * self.batch_size)
         try:
-            yield from self._pipeline(lambda block: stream.take(self.max_batch, block, linger_s))
+            yield from self._pipeline(lambda block: stream.take(self.batch_size, block, linger_s))
         finally:
             stream.stop()
 
@@ -436,8 +436,8 @@ class Predictor:
     def _image_embeddings(self, shas: list[str], batch: _Batch, timings: dict[str, float]) -> np.ndarray:
         found: dict[str, np.ndarray | None] = {sha: batch.cached.get(sha) for sha in dict.fromkeys(shas)}
         missing = [sha for sha, emb in found.items() if emb is None]
-        for start_row in range(0, len(missing), self.max_batch):
-            chunk = missing[start_row : start_row + self.max_batch]
+        for start_row in range(0, len(missing), self.batch_size):
+            chunk = missing[start_row : start_row + self.batch_size]
             start = time.perf_counter()
             embeds = self.backend.encode_image(np.stack([batch.arrays[sha] for sha in chunk]))
             self._add(timings, "image_encoder", start)
@@ -458,8 +458,8 @@ class Predictor:
             lengths = ids.shape[1] - np.argmax((ids != 0)[:, ::-1], axis=1)
             order = np.argsort(lengths, kind="stable")
             missing_keys = list(missing)
-            for start_row in range(0, len(order), self.max_batch):
-                rows = order[start_row : start_row + self.max_batch]
+            for start_row in range(0, len(order), self.batch_size):
+                rows = order[start_row : start_row + self.batch_size]
                 width = max(2, int(lengths[rows].max()))
                 start = time.perf_counter()
                 embeds = self.backend.encode_text(np.ascontiguousarray(ids[rows, :width]))

@@ -22,7 +22,7 @@ class PredictorOptions:
     precision: str | None = None
     providers: tuple[str, ...] | None = None
     threads: int | None = None
-    max_batch: int = 32
+    batch_size: int = 32  # records per Predictor batch
     device: str | None = None  # for backends that take one (openvino); others refuse it
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES  # a larger image is that record's error
     decode: str = "exact"  # or "fast" (see image_decode)
@@ -35,7 +35,7 @@ class PredictorOptions:
         from crisis_tool.runtime.predictor import Predictor
 
         return Predictor.from_bundle(
-            self.bundle, backend=self.backend, max_batch=self.max_batch, precision=self.precision,
+            self.bundle, backend=self.backend, batch_size=self.batch_size, precision=self.precision,
             providers=list(self.providers) if self.providers else None, threads=self.threads,
             backend_options={"device": self.device}, image_limits=ImageLimits(max_bytes=self.max_image_bytes),
             decode=self.decode, pubkey=self.pubkey, tasks=self.tasks, groups=self.groups,

@@ -74,7 +74,7 @@ def test_backend_contract(name: str, tiny_bundle: Path, records: list[Record]) -
     from crisis_tool.runtime.predictor import Predictor
 
     _skip_unless_installed(name)
-    predictor = Predictor.from_bundle(tiny_bundle, backend=name, precision="fp32", max_batch=8)
+    predictor = Predictor.from_bundle(tiny_bundle, backend=name, precision="fp32", batch_size=8)
     try:
         predictions = predictor.predict(records)
     finally:

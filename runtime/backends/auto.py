@@ -351,7 +351,7 @@ class AutoBackend(Backend):
         self.choice = choice
         self.precision = inner.precision
         self.provider = f"{inner.provider} via {inner.name}"
-        self.max_batch = inner.max_batch
+        self.engine_batch_limit = inner.engine_batch_limit
         self.spec = getattr(inner, "spec", None)
 
     @classmethod

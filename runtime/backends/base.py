@@ -3,7 +3,7 @@
 A backend runs the image encoder, the text encoder and each task's fusion head (`run_head(..., task)`) of a
 bundle on numpy arrays; which graphs exist comes from the bundle's model spec. The optional hooks have
 working defaults, so a new backend overrides only what it has:
-`max_batch` (a fixed engine profile), `unavailable_reason()` (a missing package or GPU, asked before loading),
+`engine_batch_limit` (a fixed engine profile), `unavailable_reason()` (a missing package or GPU, asked before loading),
 `bundle_unavailable_reason()` (the bundle lacks this backend's files for a precision),
 `from_bundle()` (how it is built; the options it declares are what `takes_option` answers, and any other
 is a UsageError), `synchronize()` and `h2d_seconds` (GPU timing for bench), `files()` (what bench reports as
@@ -37,7 +37,7 @@ class Backend(ABC):
     name: str = "backend"
     precision: str = "fp32"
     provider: str = "unknown"
-    max_batch: int | None = None  # the largest batch the backend accepts (None: any)
+    engine_batch_limit: int | None = None  # the largest batch the engine accepts (None: any)
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -178,9 +178,9 @@ class TensorRTBackend(Backend):
             self.engines[graph] = EngineRunner(trt, cudart, runtime, blob, str(path))
             self._check_names(self.spec.graph(graph), str(path))
             self.paths.append(path)
-            if entry.max_batch is not None:
-                limits.append(entry.max_batch)
-        self.max_batch = min(limits) if limits else None
+            if entry.profile_max_batch is not None:
+                limits.append(entry.profile_max_batch)
+        self.engine_batch_limit = min(limits) if limits else None
 
     def _check_names(self, spec: GraphSpec, where: str) -> None:
         """BundleError unless the engine's input and output names are the model spec's."""

@@ -48,7 +48,7 @@ def decode_cosines(results: list[dict[str, Any]], rows: list[Row], images: list[
         backend = row.subject.backend
         if res["status"] != "ok" or backend is None:
             continue
-        batch = max(1, min(row.batch_size, backend.max_batch or row.batch_size))
+        batch = max(1, min(row.batch_size, backend.engine_batch_limit or row.batch_size))
         ours, ref = [], []
         for start in range(0, len(images), batch):
             ours.append(np.asarray(backend.encode_image(fast[start:start + batch]), np.float32))

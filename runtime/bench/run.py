@@ -64,7 +64,7 @@ def load_subject(variant: str, bundle: Bundle, opts: BenchOptions, threads: int)
         subject.backend = create_backend(name, bundle, precision=chosen, threads=threads, **options)
         subject.precision = subject.backend.precision
         if opts.workload == "e2e":
-            subject.predictor = Predictor(bundle, subject.backend, max_batch=max(opts.batch_sizes), cache_size=0)
+            subject.predictor = Predictor(bundle, subject.backend, batch_size=max(opts.batch_sizes), cache_size=0)
     except MissingDependencyError as exc:
         subject.status = f"unavailable: {exc}"
         return subject

@@ -150,7 +150,7 @@ def predict_row(bundle: Path, records: list[dict[str, Any]], seconds: float, thr
             rounds += 1
         elapsed = time.perf_counter() - start
     per_post_ms = 1000 * elapsed / max(posts, 1)
-    return LoadRow("predict (in-process)", 1, posts, elapsed, per_post_ms, per_post_ms, float(predictor.max_batch),
+    return LoadRow("predict (in-process)", 1, posts, elapsed, per_post_ms, per_post_ms, float(predictor.batch_size),
                    errors)
 
 

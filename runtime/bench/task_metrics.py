@@ -77,8 +77,8 @@ def metric_predictor(row: Row, bundle: Bundle) -> Predictor:
     if subject.backend is None:
         raise RuntimeError("row has no backend")
     if subject.predictor is None:
-        subject.predictor = Predictor(bundle, subject.backend, max_batch=row.batch_size, cache_size=0)
-    subject.predictor.max_batch = row.batch_size
+        subject.predictor = Predictor(bundle, subject.backend, batch_size=row.batch_size, cache_size=0)
+    subject.predictor.batch_size = row.batch_size
     subject.predictor.decode_mode = row.decode
     return subject.predictor
 

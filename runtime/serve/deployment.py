@@ -50,7 +50,7 @@ class PredictorServer(ServiceCore):
         super().__init__(predictor_options, serve_options)
         self.metrics = ServeMetrics()
         batcher = cast(Any, self._predict_batch)  # @serve.batch adds these setters; its typing does not say so
-        batcher.set_max_batch_size(serve_options.max_batch)
+        batcher.set_max_batch_size(serve_options.batch_size)
         batcher.set_batch_wait_timeout_s(serve_options.batch_wait_ms / 1000.0)
         self.warm_up()
         self._drain_watch: asyncio.Task | None = None
@@ -110,9 +110,9 @@ def build_app(predictor_options: PredictorOptions, serve_options: ServeOptions) 
         settings["autoscaling_config"] = {
             "min_replicas": serve_options.min_replicas,
             "max_replicas": serve_options.max_replicas,
-            "target_ongoing_requests": serve_options.max_batch,
+            "target_ongoing_requests": serve_options.batch_size,
         }
     else:
         settings["num_replicas"] = serve_options.replicas
-    predictor_options = replace(predictor_options, max_batch=serve_options.max_batch)
+    predictor_options = replace(predictor_options, batch_size=serve_options.batch_size)
     return PredictorDeployment.options(**settings).bind(predictor_options, serve_options)

@@ -113,7 +113,7 @@ def predicted_rows(
     rows = files.flat_map(partial(record_rows, image_root=str(options.image_root) if options.image_root else None))
     results = rows.map_batches(
         PredictionActor,
-        fn_constructor_kwargs={"options": replace(predictor_options, max_batch=options.batch_size)},
+        fn_constructor_kwargs={"options": replace(predictor_options, batch_size=options.batch_size)},
         batch_size=options.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=options.concurrency),

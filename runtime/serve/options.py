@@ -33,7 +33,7 @@ class ServeOptions:
     max_replicas: int | None = None
     gpus_per_replica: float = 0.0
     cpus_per_replica: float = 1.0
-    max_batch: int = 16
+    batch_size: int = 16  # records per model batch, gathered across requests (Ray Serve batching)
     batch_wait_ms: float = 10.0
     # per replica; a request whose body is still arriving holds one, so this stays above max_uploads_total
     max_ongoing_requests: int = 512
@@ -59,10 +59,10 @@ class ServeOptions:
             0 <= self.min_replicas <= self.max_replicas and self.max_replicas >= 1
         ):
             raise UsageError("autoscaling bounds need 0 <= --min-replicas <= --max-replicas, max at least 1")
-        if self.max_ongoing_requests < self.max_batch:
-            raise UsageError("--max-ongoing-requests must be at least --max-batch, or batches cannot fill")
-        if self.max_ongoing_requests < self.max_uploads_total + self.max_batch:
-            raise UsageError("--max-ongoing-requests must be at least --max-uploads-total + --max-batch, or slow "
+        if self.max_ongoing_requests < self.batch_size:
+            raise UsageError("--max-ongoing-requests must be at least --batch-size, or batches cannot fill")
+        if self.max_ongoing_requests < self.max_uploads_total + self.batch_size:
+            raise UsageError("--max-ongoing-requests must be at least --max-uploads-total + --batch-size, or slow "
                              "uploads could hold every request slot")
         if self.max_uploads_per_client > self.max_uploads_total:
             raise UsageError("--max-uploads-per-client cannot be above --max-uploads-total")

@@ -93,7 +93,7 @@ class ServiceCore:
             "backend": engine.name,
             "precision": engine.precision,
             "provider": engine.provider,
-            "max_batch": serve_options.max_batch,
+            "batch_size": serve_options.batch_size,
             "decode": self.predictor.decode_mode,
             "max_image_bytes": self.predictor.image_limits.max_bytes,
             "max_image_pixels": serve_options.max_image_pixels,

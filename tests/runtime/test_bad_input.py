@@ -112,7 +112,7 @@ def test_every_line_answered_in_order(tiny_bundle: Path, mixed, tmp_path: Path) 
     # Batch independence: each good record predicted alone (fresh predictor, no cache) gives the same answer.
     good = {row["id"]: row for row, (_, exp) in zip(rows[:17], cases[:17], strict=True) if exp is None}
     by_id = {json.loads(raw)["id"]: json.loads(raw) for raw, exp in cases[:17] if exp is None}
-    with Predictor.from_bundle(tiny_bundle, max_batch=1, cache_size=0) as alone:
+    with Predictor.from_bundle(tiny_bundle, batch_size=1, cache_size=0) as alone:
         for rid, row in good.items():
             obj = by_id[rid]
             (pred,) = alone.predict([Record(rid, obj["text"], obj["image"])])
@@ -130,7 +130,8 @@ def test_clean_file_exits_zero_and_stdout(tiny_bundle: Path, mixed, tmp_path: Pa
     assert run(["predict", "--bundle", str(tiny_bundle), "--input", str(clean), "--output", "-"]) == 0
     captured = capsys.readouterr()
     assert [json.loads(x)["id"] for x in captured.out.splitlines()] == ["a", "b"]
-    assert "2 records, 0 errors" in captured.err and "CPUExecutionProvider" in captured.err
+    assert "2 records, 0 errors" in captured.err and "backend auto" in captured.err  # the default, and its choice
+    assert captured.err.startswith("backend auto: ")  # what auto chose and why, in one line, first
 
 
 def test_usage_errors_exit_two(tiny_bundle: Path, mixed, tmp_path: Path, capsys) -> None:

@@ -30,7 +30,7 @@ def _jpeg(width: int, height: int, seed: int = 0) -> bytes:
 
 @pytest.fixture(scope="module")
 def predictor(tiny_bundle: Path) -> Predictor:
-    with Predictor.from_bundle(tiny_bundle, max_batch=4, cache_size=0) as p:
+    with Predictor.from_bundle(tiny_bundle, batch_size=4, cache_size=0) as p:
         yield p
 
 

@@ -125,7 +125,7 @@ def test_score_counts_scored_and_failed_records() -> None:
 @dataclass
 class FakePredictor:
     labels: list[str | None]
-    max_batch: int = 0
+    batch_size: int = 0
     decode_mode: str = ""
     calls: list[int] = field(default_factory=list)
 
@@ -160,7 +160,7 @@ def test_differences_come_from_the_matching_reference_row() -> None:
     assert results[2]["accuracy"] == 0.5 and results[2]["accuracy_diff"] == -0.5
     assert results[3]["accuracy_diff"] == -0.5  # no batch-2 reference: the first one
     assert results[1]["accuracy_diff"] == 0.0 and results[0]["macro_f1_diff"] == 0.0
-    assert worse.predictor.max_batch == 2 and worse.predictor.decode_mode == "fast"  # set per row
+    assert worse.predictor.batch_size == 2 and worse.predictor.decode_mode == "fast"  # set per row
 
 
 def test_a_reference_row_at_another_batch_with_other_numbers_is_not_used_when_one_matches() -> None:
@@ -228,16 +228,16 @@ def test_the_metric_predictor_is_made_cache_free_once(monkeypatch: pytest.Monkey
     made: list[dict[str, Any]] = []
 
     class RecordingPredictor(FakePredictor):
-        def __init__(self, bundle: Any, backend: Any, max_batch: int, cache_size: int) -> None:
+        def __init__(self, bundle: Any, backend: Any, batch_size: int, cache_size: int) -> None:
             super().__init__(["a"])
-            made.append({"backend": backend, "max_batch": max_batch, "cache_size": cache_size})
+            made.append({"backend": backend, "batch_size": batch_size, "cache_size": cache_size})
 
     monkeypatch.setattr(task_metrics, "Predictor", RecordingPredictor)
     subject = FakeSubject(None, backend="be")  # type: ignore[arg-type]
     first = task_metrics.metric_predictor(Row(subject, 4), None)  # type: ignore[arg-type]
     second = task_metrics.metric_predictor(Row(subject, 2, decode="fast"), None)  # type: ignore[arg-type]
-    assert first is second and made == [{"backend": "be", "max_batch": 4, "cache_size": 0}]
-    assert (second.max_batch, second.decode_mode) == (2, "fast")
+    assert first is second and made == [{"backend": "be", "batch_size": 4, "cache_size": 0}]
+    assert (second.batch_size, second.decode_mode) == (2, "fast")
     with pytest.raises(RuntimeError, match="row has no backend"):
         task_metrics.metric_predictor(Row(FakeSubject(None, backend=None), 1), None)  # type: ignore[arg-type]
 

@@ -64,7 +64,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def predictor(tiny_bundle: Path) -> Predictor:
-    with Predictor.from_bundle(tiny_bundle, max_batch=4) as p:
+    with Predictor.from_bundle(tiny_bundle, batch_size=4) as p:
         yield p
 
 
@@ -94,7 +94,7 @@ def test_predict_in_order_and_equals_stream(predictor: Predictor, images: list[P
 def test_batch_size_does_not_change_predictions(tiny_bundle: Path, predictor: Predictor, images) -> None:
     records = _records(images, 9)
     reference = predictor.predict(records)
-    with Predictor.from_bundle(tiny_bundle, max_batch=1, cache_size=0) as single:
+    with Predictor.from_bundle(tiny_bundle, batch_size=1, cache_size=0) as single:
         for rec, ref in zip(records, reference, strict=True):
             (alone,) = single.predict([rec])
             np.testing.assert_allclose(list(alone.probs.values()), list(ref.probs.values()), atol=1e-5)
@@ -107,7 +107,7 @@ def test_identical_images_and_texts_are_encoded_once(tiny_bundle: Path, images: 
                Record("c", "same  text ", str(images[0])), Record("d", "other text", str(images[1]))]
     bundle = Bundle.load(tiny_bundle)
     counting = CountingBackend(create_backend("onnxruntime", bundle))
-    with Predictor(bundle, counting, max_batch=8) as p:
+    with Predictor(bundle, counting, batch_size=8) as p:
         first = p.predict(records)
         assert counting.rows == {"image": 2, "text": 2, "head": 4}
         second = p.predict(records)  # the LRU caches answer a later call too

@@ -101,7 +101,7 @@ def test_engines_run_with_growing_buffers_and_timed_copies(trt_bundle) -> None:
     reference, eot = Reference(bundle), bundle.manifest.tokenizer.eot_token_id
     backend = TensorRTBackend(bundle, precision="fp16")
     assert backend.provider == f"TensorRT {fake_tensorrt.__version__} on NVIDIA FakeGPU 80GB"
-    assert backend.max_batch == 6  # the smallest optimization-profile limit among the engines
+    assert backend.engine_batch_limit == 6  # the smallest optimization-profile limit among the engines
     rng = np.random.default_rng(0)
     size = bundle.manifest.dims["H"]
     for batch in (2, 5, 1):  # grow, then reuse the larger buffers
@@ -126,8 +126,8 @@ def test_predictor_batches_within_the_engine_profile(trt_bundle) -> None:
     from crisis_tool.runtime.predictor import Predictor
 
     bundle, _ = trt_bundle
-    predictor = Predictor.from_bundle(bundle.root, backend="tensorrt", precision="fp16", max_batch=32, verify=False)
-    assert predictor.max_batch == 6
+    predictor = Predictor.from_bundle(bundle.root, backend="tensorrt", precision="fp16", batch_size=32, verify=False)
+    assert predictor.batch_size == 6
     predictor.close()
 
 

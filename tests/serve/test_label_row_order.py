@@ -72,7 +72,7 @@ def test_predicted_rows_configures_ray_data_and_yields_every_row(monkeypatch: py
     inputs = [(0, tmp_path / "a.jsonl", 0), (1, tmp_path / "b.jsonl", 5)]
     options = LabelOptions(inputs=("x",), batch_size=5, concurrency=3, cpus_per_actor=2.0, gpus_per_actor=0.0,
                            image_root=tmp_path)
-    rows = list(label.predicted_rows(inputs, PredictorOptions(bundle=tmp_path, max_batch=32), options))
+    rows = list(label.predicted_rows(inputs, PredictorOptions(bundle=tmp_path, batch_size=32), options))
     assert calls["context"].execution_options.preserve_order is False  # the writer restores the order
     assert calls["context"].enable_progress_bars is False
     assert rows == [Row(1, 0, False, '{"id":"c"}', False, "n1"), Row(0, 0, False, '{"id":"a","bad":1}', True, "n1"),
@@ -84,7 +84,7 @@ def test_predicted_rows_configures_ray_data_and_yields_every_row(monkeypatch: py
     assert calls["flat_map"].keywords == {"image_root": str(tmp_path)}
     actor, kwargs = calls["map_batches"]
     assert actor is label.PredictionActor
-    assert kwargs["fn_constructor_kwargs"]["options"].max_batch == 5  # the actor batch, not predict's default
+    assert kwargs["fn_constructor_kwargs"]["options"].batch_size == 5  # the actor batch, not predict's default
     assert (kwargs["batch_size"], kwargs["compute"], kwargs["num_cpus"], kwargs["num_gpus"]) == (5, ("pool", 3),
                                                                                                   2.0, None)
     list(label.predicted_rows(inputs, PredictorOptions(bundle=tmp_path), LabelOptions(inputs=("x",),

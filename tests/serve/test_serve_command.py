@@ -29,7 +29,7 @@ def test_usage_errors_are_one_line(tiny_bundle: Path, capfd) -> None:
         cases = [
             (["--min-replicas", "1"], "--min-replicas and --max-replicas go together"),
             (["--min-replicas", "3", "--max-replicas", "2"], "autoscaling bounds need"),
-            (["--max-batch", "32", "--max-ongoing-requests", "8"], "--max-ongoing-requests must be at least"),
+            (["--batch-size", "32", "--max-ongoing-requests", "8"], "--max-ongoing-requests must be at least"),
             (["--port", str(taken)], f"cannot listen on 127.0.0.1:{taken}"),
         ]
         for args, message in cases:

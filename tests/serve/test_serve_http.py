@@ -50,7 +50,7 @@ def expected(tiny_bundle: Path) -> dict[str, dict[str, Any]]:
 
 
 def serve_options(port: int, replicas: int = 1) -> ServeOptions:
-    return ServeOptions(port=port, replicas=replicas, max_batch=16, batch_wait_ms=10, max_body_bytes=MAX_BODY,
+    return ServeOptions(port=port, replicas=replicas, batch_size=16, batch_wait_ms=10, max_body_bytes=MAX_BODY,
                         max_records=32, cpus_per_replica=1.0)
 
 

@@ -88,7 +88,7 @@ def test_serve_with_a_broken_bundle_is_one_line_before_ray(broken_bundle: Path, 
 @pytest.fixture(scope="module")
 def limited_server(local_ray: Any, tiny_bundle: Path):
     options = PredictorOptions(bundle=tiny_bundle, threads=1, max_image_bytes=MAX_IMAGE_BYTES, decode="fast")
-    running = start_server(options, ServeOptions(port=free_port(), max_batch=4, max_ongoing_requests=8))
+    running = start_server(options, ServeOptions(port=free_port(), batch_size=4, max_ongoing_requests=8))
     yield running
     serve.shutdown()
 

@@ -107,7 +107,7 @@ def test_encoders_run_once_per_post_for_three_heads(three_task) -> None:
 
     calls: dict[str, int] = {"image": 0, "text": 0}
     heads: list[str] = []
-    predictor = Predictor.from_bundle(three_task["bundle"], backend="onnxruntime", max_batch=8)
+    predictor = Predictor.from_bundle(three_task["bundle"], backend="onnxruntime", batch_size=8)
     inner = predictor.backend
 
     class Counting:

@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:
             names = parse_providers(providers)
             predictor = PredictorOptions(
                 bundle=bundle, backend=backend, precision=precision, providers=tuple(names) if names else None,
-                threads=threads, max_batch=batch_size, device=device, max_image_bytes=limits.max_bytes,
+                threads=threads, batch_size=batch_size, device=device, max_image_bytes=limits.max_bytes,
                 decode=decode, pubkey=pubkey, tasks=tasks, groups=groups,
             ).load()
             choice = getattr(predictor.backend, "choice", None)
@@ -228,6 +228,6 @@ def _write_all(
             writer.write(pred)
             if queue is not None:
                 queue.add(prediction_to_dict(pred, writer.one_head), record)
-            if flush_each or n % predictor.max_batch == 0:
+            if flush_each or n % predictor.batch_size == 0:
                 writer.flush()
             progress.advance(task)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from crisis_tool.commands.aliases import deprecated_alias
 from crisis_tool.commands.predict_cmd import DEVICE_HELP, EXIT_SOME_FAILED, _check_bundle_arg, parse_providers
 from crisis_tool.runtime.backends import backend_names
 from crisis_tool.runtime.serve.options import LabelOptions, PredictorOptions, ServeOptions, read_token_digest
@@ -65,8 +66,10 @@ def register(app: typer.Typer) -> None:
         max_replicas: int | None = typer.Option(None, "--max-replicas", min=1, help="Autoscaling upper bound."),
         gpus_per_replica: float = typer.Option(_SERVE.gpus_per_replica, "--gpus-per-replica", min=0.0),
         cpus_per_replica: float = typer.Option(_SERVE.cpus_per_replica, "--cpus-per-replica", min=0.0),
-        max_batch: int = typer.Option(_SERVE.max_batch, "--max-batch", min=1,
-                                      help="Records per model batch, across requests."),
+        batch_size: int = typer.Option(_SERVE.batch_size, "--batch-size", min=1,
+                                       help="Records per model batch, gathered across requests."),
+        max_batch: int | None = typer.Option(None, "--max-batch", min=1, hidden=True,
+                                             help="Deprecated: --batch-size."),
         batch_wait_ms: float = typer.Option(_SERVE.batch_wait_ms, "--batch-wait-ms", min=0.0,
                                             help="How long a batch waits to fill."),
         max_ongoing_requests: int = typer.Option(_SERVE.max_ongoing_requests, "--max-ongoing-requests", min=1,
@@ -101,7 +104,8 @@ def register(app: typer.Typer) -> None:
         options = ServeOptions(
             host=host, port=port, address=address, replicas=replicas, min_replicas=min_replicas,
             max_replicas=max_replicas, gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
-            max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_ongoing_requests=max_ongoing_requests,
+            batch_size=deprecated_alias(batch_size, max_batch, "--max-batch", "--batch-size", unset=_SERVE.batch_size),
+            batch_wait_ms=batch_wait_ms, max_ongoing_requests=max_ongoing_requests,
             max_body_bytes=max_body_bytes, max_records=max_records, body_timeout_s=body_timeout_s,
             max_uploads_per_client=max_uploads_per_client, max_uploads_total=max_uploads_total,
             max_image_pixels=max_image_pixels, max_request_pixels=max_request_pixels,
