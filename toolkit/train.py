@@ -178,18 +178,20 @@ def train(data: Path, task: TaskSpec | list[TaskSpec], out: Path, opts: TrainOpt
     for t in tasks:
         classes = list(t.classes)
         encoded = {}
-        merge_note = None
+        merge_note: dict[str, set[str]] | None = None
         for split, examples in splits[t.name].items():
             if human is not None and split in ("train", "dev"):
                 examples, used, changed = apply_corrections(examples, t.name, classes, human)
-                merge_note = (merge_note or {"used": 0, "changed": 0})
-                merge_note["used"] += used
-                merge_note["changed"] += changed
+                merge_note = merge_note or {"used": set(), "changed": set()}
+                merge_note["used"] |= used  # record ids: a post in two splits counts once
+                merge_note["changed"] |= changed
             encoded[split] = cache.encode_split(data, examples, opts.text_source, llava, classes, opts.skip_bad)
             report_data_issues(f"{t.name} {split}", encoded[split], opts.text_source, log)
         check_llava_coverage(t.name, encoded["train"], opts.text_source)
+        human_labels = None
         if merge_note is not None:
-            log(f"{t.name}: human labels: {merge_note['used']} used, {merge_note['changed']} changed")
+            human_labels = {"used": len(merge_note["used"]), "changed": len(merge_note["changed"])}
+            log(f"{t.name}: human labels: {human_labels['used']} used, {human_labels['changed']} changed")
         cfg = HeadConfig(num_classes=len(classes), clip_embed_dim=clip.embed_dim, head=opts.head,
                          modality=opts.modality)
         log(f"training the {t.name} head ({len(encoded['train'].labels)} train, {len(encoded['dev'].labels)} dev)")
@@ -198,8 +200,8 @@ def train(data: Path, task: TaskSpec | list[TaskSpec], out: Path, opts: TrainOpt
         reports = {split: split_report(head, enc, classes, calibration) for split, enc in encoded.items()
                    if split != "train"}
         per_task[t.name] = {**reports, "calibration": calibration, "history": history,
-                            "n_train": len(encoded["train"].labels), **({"human_labels": merge_note}
-                                                                         if merge_note else {})}
+                            "n_train": len(encoded["train"].labels), **({"human_labels": human_labels}
+                                                                         if human_labels else {})}
         heads[t.name] = head
         entries.append({"task": t.name, "labels": classes, "head": cfg.to_dict(),
                         "temperature": calibration["temperature"],
@@ -235,8 +237,10 @@ def read_corrections(paths: list[Path]) -> list:
     return read_corrections_files(paths)
 
 
-def apply_corrections(examples: list, task: str, classes: list[str], corrections: list) -> tuple[list, int, int]:
-    """(examples with the human labels of `task` laid over theirs by id, how many were used, how many changed).
+def apply_corrections(examples: list, task: str, classes: list[str], corrections: list
+                      ) -> tuple[list, set[str], set[str]]:
+    """(examples with the human labels of `task` laid over theirs by id, the ids whose decision was used, the ids
+    whose label it changed).
 
     A decision naming a label this task does not have is a one-line DataError naming its file and line.
     """
@@ -246,7 +250,9 @@ def apply_corrections(examples: list, task: str, classes: list[str], corrections
     labels = {(str(ex.image_id), task): ex.label for ex in examples}
     result = merge_corrections(labels, mine, {task: classes})
     out = [replace(ex, label=result.merged[(str(ex.image_id), task)]) for ex in examples]
-    return out, result.used, result.changed
+    used = {rid for rid, _ in labels if (rid, task) in {c.key for c in mine}}
+    changed = {str(ex.image_id) for ex, new in zip(examples, out, strict=True) if ex.label != new.label}
+    return out, used, changed
 
 
 def report_data_issues(split: str, enc: EncodedSplit, text_source: str, log=print) -> None:

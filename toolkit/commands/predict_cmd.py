@@ -194,6 +194,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"review queue: {queue.write()} posts, least confident first -> {review_queue}; next: "
                        f"crisis-tool review --queue {review_queue} --bundle {bundle} --labels corrections.jsonl",
                        err=True)
+        elif output != "-":
+            typer.echo(f"next: crisis-tool predict ... --review-queue queue.jsonl to pick the posts a person should "
+                       f"check; crisis-tool bench --bundle {bundle} for speed", err=True)
         if writer.errors:
             raise typer.Exit(EXIT_SOME_FAILED)
 
