@@ -29,6 +29,7 @@ class PredictorOptions:
     pubkey: Path | None = None  # Ed25519 public key: the bundle must be signed by it (runtime.signing)
     tasks: str | None = None  # heads to run ("informative,damage"); None: every head
     groups: bool = True  # near-duplicate groups on every answer
+    llava_file: Path | None = None  # LLaVA captions by image id (`crisis-tool caption`), for llava bundles
 
     def load(self) -> Predictor:
         from crisis_tool.runtime.image_decode import ImageLimits
@@ -40,6 +41,14 @@ class PredictorOptions:
             backend_options={"device": self.device}, image_limits=ImageLimits(max_bytes=self.max_image_bytes),
             decode=self.decode, pubkey=self.pubkey, tasks=self.tasks, groups=self.groups,
         )
+
+    def llava_texts(self) -> dict[str, str] | None:
+        """The captions of `llava_file` by record id (None without one); DataError naming the file if unusable."""
+        if self.llava_file is None:
+            return None
+        from crisis_tool.runtime.llava_text import read_llava_file
+
+        return read_llava_file(self.llava_file)
 
     def validate(self) -> None:
         """UsageError for a bad --decode or --max-image-bytes (checked without loading anything)."""

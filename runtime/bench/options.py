@@ -47,6 +47,7 @@ class BenchOptions:
     # further labelled sources, one per other head: (records, image_root, label_map, task)
     more_labelled: tuple[tuple[Path, Path | None, dict[str, str] | None, str], ...] = ()
     max_drop: float | None = None  # exit 1 when an ok row loses more than this of a metric vs the reference
+    llava_file: Path | None = None  # LLaVA captions by image id for the labelled records (llava bundles)
 
     def check(self) -> None:
         """UsageError (one line) for any option out of its bounds; nothing has run yet."""

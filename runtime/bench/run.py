@@ -37,6 +37,7 @@ from crisis_tool.runtime.bench.workloads import (
 )
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import MissingDependencyError, UsageError
+from crisis_tool.runtime.llava_text import read_llava_file, with_llava_text
 from crisis_tool.runtime.predictor import Predictor
 from crisis_tool.runtime.records import Record
 
@@ -187,6 +188,19 @@ def _prepare_inputs(opts: BenchOptions, bundle: Bundle, tmp: Path, say: Callable
     return text_sets, inputs
 
 
+def text_recipe_note(bundle: Bundle, sets: list[LabelledSet]) -> str | None:
+    """Why the task metrics are not the trained model's when a llava bundle meets records without captions."""
+    if bundle.text_source == "tweet":
+        return None
+    records = [r for s in sets for r in s.records]
+    missing = sum(1 for r in records if not r.llava_text)
+    if not missing:
+        return None
+    return (f"text recipe differs: the bundle was trained on {bundle.text_source!r} text but {missing} of "
+            f"{len(records)} labelled records have no llava_text (pass --llava-file); they were scored on the "
+            "tweet alone")
+
+
 def attach_invariance(results: list[dict[str, Any]], rows: list[Row], bundle: Bundle) -> None:
     """Every ok row gets its backend's batch invariance (checked once per backend x precision)."""
     from crisis_tool.runtime.batch_invariance import check_batch_invariance, gate_entry, mixed_inputs
@@ -224,6 +238,8 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None)
         head = bundle.spec.head(task) if task is not None else bundle.spec.heads[0]  # unknown: one line
         found = read_labelled(records, image_root, head.labels, label_map)
         if found is not None:
+            if opts.llava_file is not None:
+                found = replace(found, items=list(with_llava_text(found.items, read_llava_file(opts.llava_file))))
             labelled_sets.append(replace(found, task=head.task))
     labelled = labelled_sets[0] if labelled_sets else None
     if opts.max_drop is not None and labelled is None:
@@ -267,6 +283,12 @@ def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None)
             if labelled is not None:
                 say(f"task metrics on {len(labelled)} labelled records")
                 attach_task_metrics(results, rows, labelled_sets, bundle, reference)
+                recipe = text_recipe_note(bundle, labelled_sets)
+                if recipe:
+                    header["text_recipe"] = recipe
+                    for res in results:
+                        if res.get("accuracy") is not None:
+                            res["text_recipe"] = "differs"
             if "fast" in decodes:
                 say("decode: fast against exact on the same images")
                 images = distinct_images(r for batches in inputs.values() for b in batches for r in b.records)

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from crisis_tool.runtime.atomic_files import check_writable_dir
 from crisis_tool.runtime.interrupts import report_interrupt
+from crisis_tool.runtime.llava_text import with_llava_text
 from crisis_tool.runtime.serve.cluster import ray_session, require_ray, set_library_log_level
 from crisis_tool.runtime.serve.label_inputs import (
     check_readable,
@@ -79,6 +80,7 @@ class PredictionActor:
         import ray
 
         self.predictor = options.load()
+        self.llava = options.llava_texts()  # captions for records that carry none (--llava-file)
         spec = getattr(self.predictor, "spec", None)
         self.one_head = None if spec is None else len(spec.heads) == 1
         self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
@@ -89,7 +91,10 @@ class PredictionActor:
         n = len(batch["file"])
         records = [k for k in range(n) if not batch["end"][k]]
         results, failed = np.full(n, "", dtype=object), np.zeros(n, dtype=bool)
-        for k, p in zip(records, self.predictor.predict(row_items(batch, records)), strict=True):
+        items = row_items(batch, records)
+        if self.llava:
+            items = list(with_llava_text(items, self.llava))
+        for k, p in zip(records, self.predictor.predict(items), strict=True):
             results[k] = json.dumps(prediction_to_dict(p, self.one_head), ensure_ascii=False)
             failed[k] = p.error is not None
         return {"file": batch["file"], "seq": batch["seq"], "end": batch["end"], "result": results,

@@ -116,6 +116,8 @@ def register(app: typer.Typer) -> None:
         task: str | None = typer.Option(None, "--task", help="Heads to score with --data, e.g. damage or "
                                         "informative,damage (default: every head of the bundle)."),
         split: str = typer.Option("test", "--split", help="Split of --data: train, dev or test."),
+        llava_file: Path | None = typer.Option(None, "--llava-file", help="LLaVA captions by image id for the "
+                                               "labelled records (bundles trained on llava text)."),
         splits: str = typer.Option("settingA", "--splits", help="Split set under --data: settingA, all, "
                                    "agreed_label."),
         decode: str = typer.Option("exact", "--decode", help="Image decode modes, one row set each: exact "
@@ -168,7 +170,7 @@ def register(app: typer.Typer) -> None:
             warmup=warmup, threads=threads, device=device, records=records, image_root=image_root,
             text_tokens=_text_tokens(text_tokens), measure_gemm=not no_gemm,
             decode=tuple(d.strip() for d in decode.split(",") if d.strip()), label_map=label_map, task=task,
-            max_drop=max_drop, more_labelled=tuple(more),
+            max_drop=max_drop, more_labelled=tuple(more), llava_file=llava_file,
         )
         opts.check()
         if plot_out is not None:

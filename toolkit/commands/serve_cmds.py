@@ -5,6 +5,7 @@ Option defaults live in `crisis_tool.runtime.serve.options`; the work lives in `
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -143,6 +144,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(_LABEL.batch_size, "--batch-size", min=1, help="Records per actor call."),
         gpus_per_actor: float = typer.Option(_LABEL.gpus_per_actor, "--gpus-per-actor", min=0.0),
         cpus_per_actor: float = typer.Option(_LABEL.cpus_per_actor, "--cpus-per-actor", min=0.0),
+        llava_file: Path | None = typer.Option(None, "--llava-file", help="LLaVA captions by image id (what "
+                                               "`crisis-tool caption` writes), for bundles trained on llava text."),
         verbose: bool = typer.Option(False, "--verbose/--quiet", help="Show Ray's own log lines (quiet: "
                                      "warnings only)."),
     ) -> None:
@@ -157,8 +160,10 @@ def register(app: typer.Typer) -> None:
             address=address, concurrency=concurrency, batch_size=batch_size, gpus_per_actor=gpus_per_actor,
             cpus_per_actor=cpus_per_actor,
         )
-        predictor = _predictor_options(bundle, backend, precision, providers, threads, device, max_image_bytes,
-                                       decode, pubkey)
+        predictor = replace(_predictor_options(bundle, backend, precision, providers, threads, device,
+                                               max_image_bytes, decode, pubkey),
+                            llava_file=llava_file.resolve() if llava_file is not None else None)
+        predictor.llava_texts()  # a missing or malformed caption file: one line before Ray starts
         try:
             with prompt_interrupt(grace_s=LABEL_INTERRUPT_GRACE_S):
                 summary = run_label(predictor, options, progress=progress_bar, verbose=verbose)
