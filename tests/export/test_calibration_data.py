@@ -52,6 +52,9 @@ def test_calib_data_feeds_the_gates_and_the_static_candidate(records, tiny_run, 
     assert manifest["calibration"] == f"records:{records} n=20 (calibration 20)"
     for precision in ("fp32", "int8"):
         for graph, entry in manifest["parity"][precision].items():
+            if graph == "batch_invariance":  # its own mixed records, not the gate's
+                assert entry["passed"]
+                continue
             assert entry["calibration"] == f"records:{records}" and entry["n"] == 20, (precision, graph)
             assert entry["batches"] == [1, 3, 8]
     report = manifest["parity"]["int8"]
@@ -104,7 +107,8 @@ def test_without_calib_data_the_export_says_generated(tiny_run, tmp_path, cli, c
     assert "GENERATED inputs" in capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["calibration"] == "generated"
-    assert all(e["calibration"] == "generated" for e in manifest["parity"]["fp32"].values())
+    gates = {g: e for g, e in manifest["parity"]["fp32"].items() if g != "batch_invariance"}
+    assert all(e["calibration"] == "generated" for e in gates.values())
 
 
 def test_texts_follow_the_one_text_rule(tiny_run, tmp_path):
