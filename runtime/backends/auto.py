@@ -39,6 +39,7 @@ from crisis_tool.runtime.backends.registry import backend_class, backend_entry, 
 from crisis_tool.runtime.backends.user_cache import cache_dir
 from crisis_tool.runtime.batch_invariance import check_batch_invariance, mixed_inputs
 from crisis_tool.runtime.errors import BundleError, CrisisToolError, UsageError
+from crisis_tool.runtime.parity import min_cosine
 
 if TYPE_CHECKING:
     from crisis_tool.runtime.backends.peak_probe import PeakProbe
@@ -213,12 +214,6 @@ def _run_posts(backend: Backend, pixels: np.ndarray, ids: np.ndarray) -> tuple[n
     return image, text, probs
 
 
-def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return float(np.min(np.sum(a * b, axis=1) / np.maximum(denom, 1e-30)))
-
-
 def probe_inputs(bundle: Bundle, batch: int = PROBE_BATCH) -> tuple[np.ndarray, np.ndarray]:
     """Probe records: photo-like and noise images, texts of tweet length (trimmed like the Predictor's)."""
     mixed = mixed_inputs(bundle.dims, n=batch, seed=1)
@@ -247,7 +242,7 @@ def probe_candidate(bundle: Bundle, candidate: Candidate, threads: int | None,
                                    "load_s": round(load_s, 3), "provider": backend.provider}
         problems = []
         if reference is not None:
-            cosine = min(_min_cosine(outputs[0], reference[0]), _min_cosine(outputs[1], reference[1]))
+            cosine = min(min_cosine(outputs[0], reference[0]), min_cosine(outputs[1], reference[1]))
             top1 = float(np.mean(outputs[2].argmax(1) == reference[2].argmax(1)))
             numbers.update(min_cosine=round(cosine, 6), top1_agreement=top1)
             if not (cosine >= MIN_COSINE and top1 == 1.0):
