@@ -156,11 +156,7 @@ class Predictor:
         if self.bundle.manifest.random_encoders:
             out.append(f"bundle {self.bundle.root} was exported with RANDOM encoder weights "
                        f"({encoders.get('model')}, --pretrained none): its answers are meaningless")
-        if self.text_source != "tweet":
-            out.append(f"bundle {self.bundle.root} was trained on {self.text_source!r} text: give each record its "
-                       "llava_text (or --llava-file); records without one use the tweet alone, whose accuracy is "
-                       "unknown")
-        return out
+        return out  # a llava bundle given records without captions warns when it meets them (`_warn_llava`)
 
     # ---------------------------------------------------------------- public API
     def predict(self, records: Iterable[Record | RecordError]) -> list[Prediction]:

@@ -95,7 +95,7 @@ def bench_columns(rows: list[dict[str, Any]]) -> list[Column]:
         Column("w-F1", _num("weighted_f1", ".4f"), default=False, optional=True),
         Column("ΔwF1", _num("weighted_f1_diff", "+.4f"), default=False, optional=True),
         Column("ECE", _num("ece", ".4f"), default=False, optional=True),
-        Column("text recipe", lambda r: r.get("text_recipe"), optional=True),
+        Column("text recipe", lambda r: r.get("text_recipe"), default=False, optional=True),
         Column("flagged", _num("review_share", ".1f", "%", 100), default=False, optional=True),
         Column("failed", _num("failed", "d"), default=False, optional=True),
         Column("invariant", invariance_cell, default=False),

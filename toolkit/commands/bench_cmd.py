@@ -187,6 +187,8 @@ def register(app: typer.Typer) -> None:
             result = run_bench(opts, progress=update)
         table = render_table(result, wide=wide)
         wide_enough(stdout_console(), table).print(table)
+        if result["header"].get("text_recipe"):  # every scored row says "differs" (--wide, JSON): why, once
+            err.print(f"note: {result['header']['text_recipe']}", soft_wrap=True)
         for path, writer in ((json_out, write_json), (markdown_out, write_markdown), (plot_out, write_plot)):
             if path is not None:
                 writer(result, path)

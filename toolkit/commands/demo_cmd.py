@@ -28,10 +28,11 @@ def demo_steps(out: Path, clip_model: str, pretrained: str, bench_seconds: float
         ["export", "--model", str(run), "--out", str(bundle), "--precision", "int8", "--max-batch", "32"],
         ["predict", "--bundle", str(bundle), "--input",
          str(data / "crisismmd_datasplit_settingA" / "task_damage_text_img_test.tsv"),
-         "--image-root", str(data), "--output", str(out / "predictions.jsonl"), "--review-queue",
+         "--image-root", str(data), "--llava-file", str(data / "llava.jsonl"),
+         "--output", str(out / "predictions.jsonl"), "--review-queue",
          str(out / "review_queue.jsonl"), "--review-budget", "20"],
-        ["bench", "--bundle", str(bundle), "--data", str(data), "--split", "test",
-         "--batch-sizes", "1,8", "--seconds", str(bench_seconds),
+        ["bench", "--bundle", str(bundle), "--data", str(data), "--split", "test", "--llava-file",
+         str(data / "llava.jsonl"), "--batch-sizes", "1,8", "--seconds", str(bench_seconds),
          "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md"), "--plot", str(out / "bench.png")],
     ]
 
