@@ -220,7 +220,7 @@ def attach_invariance(results: list[dict[str, Any]], rows: list[Row], bundle: Bu
         res.update(checked[id(backend)])
 
 
-INVARIANCE_RECORDS = 16  # mixed records, each alone and all in one batch (bench: once per backend x precision)
+INVARIANCE_RECORDS = 32  # mixed records, each alone and all in one batch (bench: once per backend x precision)
 
 
 def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
