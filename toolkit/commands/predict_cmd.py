@@ -100,8 +100,8 @@ def register(app: typer.Typer) -> None:
             ..., "--input", help="A CrisisMMD .tsv, a .jsonl, a folder of images, or '-' for JSONL on stdin."
         ),
         output: str = typer.Option(..., "--output", help="Output .jsonl, or '-' for stdout."),
-        backend: str = typer.Option(PredictorOptions.backend, "--backend", help=f"One of: {backends} (default "
-                                    "auto: the fastest configuration this bundle's gates verified here)."),
+        backend: str = typer.Option(PredictorOptions.backend, "--backend", help=f"One of: {backends}. Default "
+                                    "auto: the fastest configuration this bundle's gates verified here."),
         precision: str | None = typer.Option(
             None, "--precision", help="fp32, fp16 or int8 (default: the bundle's own precision)."
         ),
