@@ -25,3 +25,13 @@ class DataError(CrisisToolError):
 
 class BundleError(CrisisToolError):
     """A bundle is missing files, altered, or incompatible with this machine."""
+
+
+def caused_by(exc: BaseException, kinds: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
+    """True when `exc` or anything in its chain of causes and contexts is one of `kinds`."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kinds):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

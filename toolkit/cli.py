@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperOption
 
 from crisis_tool.run_messages import once_per_run
-from crisis_tool.runtime.errors import CrisisToolError
+from crisis_tool.runtime.errors import CrisisToolError, caused_by
 from crisis_tool.runtime.interrupts import EXIT_INTERRUPTED, report_interrupt
 
 COMMAND_MODULES = (
@@ -110,12 +110,7 @@ def _run(argv: list[str] | None) -> int:
 
 def _caused_by_interrupt(exc: BaseException) -> bool:
     """True when a KeyboardInterrupt is among the causes/contexts of `exc`."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, KeyboardInterrupt):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return caused_by(exc, KeyboardInterrupt)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from crisis_tool.runtime.atomic_files import check_writable_dir
+from crisis_tool.runtime.errors import caused_by
 from crisis_tool.runtime.interrupts import report_interrupt
 from crisis_tool.runtime.llava_text import with_llava_text
 from crisis_tool.runtime.serve.cluster import ray_session, require_ray, set_library_log_level
@@ -251,9 +252,4 @@ def cluster_lost(exc: BaseException) -> bool:
 
     lost = (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError, rex.RaySystemError,
             SystemException)
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, lost):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return caused_by(exc, lost)
