@@ -10,25 +10,31 @@ from typing import Any
 
 from crisis_tool.runtime.parity import violations
 
+MAX_LINE = 118  # one refusal line (the export indents it by 2); every number stays in the parity report
+
 
 def failures(parity: dict[str, dict[str, Any]]) -> list[str]:
-    """'precision graph: violations' of every failed gate in a {precision: report} mapping, one short line each.
+    """'precision graph: violations' of every failed gate in a {precision: report} mapping, one short line each
+    (at most MAX_LINE characters: a long `why` is cut).
 
-    A failed end-to-end entry also says how many fallback combinations were tried; every number is in the
-    manifest's parity report (and `failure_details`).
+    A failed end-to-end entry also says how many fallback combinations were tried; every number, every
+    candidate and every combination is in the manifest's parity report (and `failure_details`).
     """
     out = []
     for precision, report in parity.items():
         for name, entry in report.items():
             if isinstance(entry, dict) and entry.get("passed") is False:
-                broken = violations(entry)
-                line = f"{precision} {name}" + (f": {', '.join(broken)}" if broken else ": failed")
+                line = f"{precision} {name}: {', '.join(violations(entry)) or 'failed'}"
                 if entry.get("fallback"):
                     line += f" (fallback tried {len(entry['fallback'])} combinations)"
                 elif entry.get("why"):
-                    line += f" ({entry['why']})"
+                    line += f" ({_cut(str(entry['why']), MAX_LINE - len(line) - 3)})"
                 out.append(line)
     return out
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
 
 
 def failure_details(parity: dict[str, dict[str, Any]]) -> list[str]:
@@ -61,8 +67,10 @@ def attempt_numbers(entry: dict[str, Any]) -> str:
 
 
 def describe_attempt(entry: dict[str, Any]) -> str:
-    """One attempt of `fallback` as text: which graphs were fp32 and the end-to-end numbers."""
+    """One attempt of `fallback` as text: which graphs were fp32, the candidate of each other graph, and the
+    end-to-end numbers."""
     fp32 = "+".join(entry["fp32"]) if entry["fp32"] else "none"
+    reduced = [f"{g}={name}" for g, name in (entry.get("graphs") or {}).items() if name != "fp32"]
     verdict = "pass" if entry.get("passed") else "fail"
-    return (f"fp32={fp32}: {attempt_numbers(entry)}, min_cosine {entry.get('min_cosine', float('nan')):.6g} "
-            f"({verdict})")
+    return (f"fp32={fp32}" + (f" ({', '.join(reduced)})" if reduced else "")
+            + f": {attempt_numbers(entry)}, min_cosine {entry.get('min_cosine', float('nan')):.6g} ({verdict})")

@@ -1,4 +1,4 @@
-"""int8 per graph: every candidate quantization is gated, the passing ones are timed, the fastest is kept.
+"""int8 per graph: every candidate quantization is built and gated; the passing ones are timed, fastest first.
 
 Candidates are static Q/DQ only: activation scales are calibrated once, at export, so a record's answer never
 depends on the records that share its batch. onnxruntime's dynamic quantization picks one activation scale per
@@ -14,7 +14,12 @@ longer a candidate (its names stay in `DYNAMIC_CANDIDATES`, for reading older ma
 * `static-U8S8-per-channel-float-residual` (`rowwise-...-float-residual` without real records): the same with
   the residual-stream writers (attention output and MLP down projections, the widest activations) in float.
 
-Each candidate is tried only when the ones before it fail: the gate chooses how much stays float.
+Every candidate (two or three per graph) is built and gated, not only until one passes: the end-to-end
+fallback (`crisis_tool.export.fallback`) tries the next passing one before it leaves a graph fp32, and gating
+them all here costs one build and gate per candidate (the price of the old "later only when earlier fail" was
+the same whenever the first failed) and saves rebuilding anything at the end-to-end step. The fastest passing
+candidate is kept at the graph's path; the others wait beside it (`candidate_path`) until the fallback keeps one
+of them or deletes them. `passing` in the entry lists them, fastest first.
 
 Calibration: the given records (`--calib-data`) or, without them, the gate's own (generated) batches, which the
 export already says loudly; without real records only the per-row candidates (no calibration) are made. Every
@@ -41,18 +46,25 @@ STATIC_CANDIDATE = "static-U8S8-per-channel"
 FLOAT_RESIDUAL_CANDIDATE = "static-U8S8-per-channel-float-residual"
 ROWWISE_CANDIDATE = "rowwise-U8S8-per-channel"
 ROWWISE_FLOAT_RESIDUAL_CANDIDATE = "rowwise-U8S8-per-channel-float-residual"
-STATIC_CANDIDATES = (STATIC_CANDIDATE, ROWWISE_CANDIDATE, FLOAT_RESIDUAL_CANDIDATE)  # batch-invariant, tried in order
+STATIC_CANDIDATES = (STATIC_CANDIDATE, ROWWISE_CANDIDATE, FLOAT_RESIDUAL_CANDIDATE)  # batch-invariant, all made
 UNCALIBRATED_CANDIDATES = (ROWWISE_CANDIDATE, ROWWISE_FLOAT_RESIDUAL_CANDIDATE)  # no real records: no static scales
 TIMING_ROUNDS = 3  # timed rounds after one warm-up round; each round runs every candidate once
 TIMING_BATCH = 8
 INVARIANCE_BATCH = 32
 GATE_KEYS = ("min_cosine", "max_abs", "top1_agreement", "top1_interval", "n", "passed")
+INVARIANCE_KEYS = ("batch_invariance_max_diff", "batch_invariant")
 
 
 def candidate_names(calibrated: bool = True) -> tuple[str, ...]:
-    """The candidates tried in order. Without real calibration records static ranges would come from the gate's
-    own generated inputs (and be judged on the records they were fitted to): only per-row ones then."""
+    """The candidates, in the order they are made. Without real calibration records static ranges would come
+    from the gate's own generated inputs (and be judged on the records they were fitted to): only per-row ones
+    then."""
     return STATIC_CANDIDATES if calibrated else UNCALIBRATED_CANDIDATES
+
+
+def candidate_path(dst: Path, name: str) -> Path:
+    """Where candidate `name` of the graph kept at `dst` is written (scratch beside it)."""
+    return dst.with_name(f"{dst.stem}.{name}.onnx")
 
 
 def make_candidate(name: str, src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]) -> Path:
@@ -145,10 +157,12 @@ def invariance_of(component: str, path: Path, cases: list[ParityCase]) -> dict[s
 def pick_int8(component: str, src: Path, dst: Path, cases: list[ParityCase],
               calibration: list[dict[str, np.ndarray]] | None) -> dict[str, Any]:
     """Gate every candidate (parity, then batch invariance), time the passing ones with the fp32 graph, keep the
-    fastest at `dst`. `calibration` None: calibrate on the gate cases themselves.
+    fastest at `dst` and the other passing ones at `candidate_path(dst, name)`. `calibration` None: calibrate on
+    the gate cases themselves.
 
     Returns the kept graph's gate entry with `chosen` (a candidate name or "fp32"), `weight_type` (the same),
-    `why`, `candidates` ({name: gate numbers, invariance, seconds}) and `fp32_seconds`.
+    `why`, `candidates` ({name: gate numbers, invariance, seconds}), `passing` (names, fastest first) and
+    `fp32_seconds`.
     """
     from crisis_tool.export.calibration import calibration_feeds
 
@@ -157,9 +171,7 @@ def pick_int8(component: str, src: Path, dst: Path, cases: list[ParityCase],
     passing: dict[str, Path] = {}
     entries: dict[str, dict[str, Any]] = {}
     for name in candidate_names(calibrated=bool(calibration)):
-        if passing:
-            break  # later candidates are slower (per-row scales, float layers): tried only when earlier ones fail
-        path = dst.with_name(f"{dst.stem}.{name}.onnx")
+        path = candidate_path(dst, name)
         try:
             make_candidate(name, src, path, feeds_for_calibration)
             entry = check_graph(component, path, cases, "int8")
@@ -170,31 +182,28 @@ def pick_int8(component: str, src: Path, dst: Path, cases: list[ParityCase],
             tried[name] = {"passed": False, "error": str(exc)}
             path.unlink(missing_ok=True)
             continue
-        tried[name] = {k: entry[k] for k in (*GATE_KEYS, "batch_invariance_max_diff", "batch_invariant")
-                       if k in entry}
+        tried[name] = {k: entry[k] for k in (*GATE_KEYS, *INVARIANCE_KEYS) if k in entry}
         if entry["passed"]:
             passing[name], entries[name] = path, entry
         else:
-            path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)  # failed its own gate: never offered to the end-to-end step
     feeds = timing_feeds(component, cases)
     seconds = time_graphs({**passing, "fp32": src}, feeds)
     for name in passing:
         tried[name]["seconds"] = _sig(seconds[name])
     fp32_seconds = _sig(seconds["fp32"])
-    if passing:
-        chosen = min(passing, key=lambda name: seconds[name])
+    order = sorted(passing, key=lambda name: seconds[name])  # fastest first
+    if order:
+        chosen = order[0]
         passing[chosen].replace(dst)
-        for name, path in passing.items():
-            if name != chosen:
-                path.unlink(missing_ok=True)
-        why = (f"fastest of {len(passing)} passing candidate(s): {seconds[chosen] * 1e3:.3g} ms vs fp32 "
+        why = (f"fastest of {len(order)} passing candidate(s): {seconds[chosen] * 1e3:.3g} ms vs fp32 "
                f"{seconds['fp32'] * 1e3:.3g} ms at batch {next(iter(feeds.values())).shape[0]}")
         entry = entries[chosen]
     else:
         chosen = "fp32"
         why = f"no int8 candidate passed its gate ({_best(tried)})"
         entry = check_graph(component, src, cases, "fp32")  # what is kept: the fp32 graph, fp32 gate
-    return {**entry, "chosen": chosen, "weight_type": chosen, "why": why, "candidates": tried,
+    return {**entry, "chosen": chosen, "weight_type": chosen, "why": why, "candidates": tried, "passing": order,
             "fp32_seconds": fp32_seconds}
 
 

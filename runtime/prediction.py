@@ -30,6 +30,7 @@ class Prediction:
     error: str | None = None
     group: str | None = None  # near-duplicate group id (the first record id of its group)
     duplicate_of: str | None = None
+    image_hash: int | None = None  # the image's 64-bit pHash (grouping; not written): label groups a whole run
 
     @classmethod
     def failed(cls, rid: str | None, error: str) -> Prediction:

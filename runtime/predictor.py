@@ -402,7 +402,8 @@ def _assign_groups(out: list[Prediction], batch: _Batch, shas: dict[int, str],
             continue
         image_hash = batch.hashes.get(shas[i]) if i in shas else None
         assignment = grouper.add(str(prediction.id), image_hash, text_key(record.text))
-        out[i] = replace(prediction, group=assignment.group, duplicate_of=assignment.duplicate_of)
+        out[i] = replace(prediction, group=assignment.group, duplicate_of=assignment.duplicate_of,
+                         image_hash=image_hash)
 
 
 def _stack_found(found: dict[str, np.ndarray | None], keys: list[str]) -> np.ndarray:

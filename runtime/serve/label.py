@@ -5,8 +5,9 @@ task (the runtime readers, so bad lines and unreadable Parquet parts become erro
 and ends each file with an `end` row -> `map_batches` runs the Predictor in an actor pool (`concurrency`
 actors, `batch_size` records per call) -> the driver appends each answer to its input's partial output in
 `seq` order, whatever order rows arrive in: a row that comes early waits, a row that comes twice (Ray redid
-its work) is written once, and a file is complete once its `end` row and every record before it are
-written (`label_output` renames it into place). So every input record gets exactly one output line.
+its work) is written once, and a file is answered once its `end` row and every record before it are
+written. When every file is answered, one second pass (`label_groups`) gives near-duplicate groups across all
+files of the run and renames the outputs into place. So every input record gets exactly one output line.
 Ctrl-C or a failure keeps the partials, and a rerun resumes after the last answer written. When part of the
 cluster is lost (a node dies) the run resumes by itself, up to `CLUSTER_RETRIES` times.
 Image paths must be readable from every node (shared storage) when the job runs on a cluster.
@@ -25,11 +26,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from crisis_tool.runtime.atomic_files import check_writable_dir
+from crisis_tool.runtime.atomic_files import check_writable_dir, refuse_overwriting_inputs
 from crisis_tool.runtime.errors import caused_by
 from crisis_tool.runtime.interrupts import report_interrupt
 from crisis_tool.runtime.llava_text import with_llava_text
 from crisis_tool.runtime.serve.cluster import ray_session, require_ray, set_library_log_level
+from crisis_tool.runtime.serve.label_groups import TRIAGE_KEY, RunFile, group_run, triage_keys
 from crisis_tool.runtime.serve.label_inputs import (
     check_readable,
     count_records,
@@ -40,6 +42,7 @@ from crisis_tool.runtime.serve.label_inputs import (
 )
 from crisis_tool.runtime.serve.label_output import PartialOutput, clean_stale, resume_point
 from crisis_tool.runtime.serve.options import LabelOptions, PredictorOptions
+from crisis_tool.runtime.triage.queue_writer import ReviewQueueWriter
 from crisis_tool.runtime.writers import prediction_to_dict
 
 CLUSTER_RETRIES = 3
@@ -51,7 +54,7 @@ ProgressFactory = Callable[[str, int], contextlib.AbstractContextManager[Advance
 @dataclass
 class LabelSummary:
     """What a run did: outputs written, skipped (complete before) and resumed; rows, error rows, seconds;
-    answers per Ray node id; how often it resumed after losing part of the cluster."""
+    answers per Ray node id; how often it resumed after losing part of the cluster; the review queue's size."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
@@ -61,6 +64,7 @@ class LabelSummary:
     seconds: float = 0.0
     nodes: Counter[str] = field(default_factory=Counter)
     retries: int = 0
+    queued: int | None = None  # posts in the review queue (None: none asked for)
 
 
 class Row(NamedTuple):
@@ -77,9 +81,10 @@ class Row(NamedTuple):
 class PredictionActor:
     """A Ray Data actor: loads the Predictor once, then classifies one batch of record rows per call."""
 
-    def __init__(self, options: PredictorOptions) -> None:
+    def __init__(self, options: PredictorOptions, keep_post: bool = False) -> None:
         import ray
 
+        self.keep_post = keep_post  # the post's image path and text go with its keys (for the review queue)
         self.predictor = options.load()
         self.llava = options.llava_texts()  # captions for records that carry none (--llava-file)
         spec = getattr(self.predictor, "spec", None)
@@ -95,8 +100,13 @@ class PredictionActor:
         items = row_items(batch, records)
         if self.llava:
             items = list(with_llava_text(items, self.llava))
-        for k, p in zip(records, self.predictor.predict(items), strict=True):
-            results[k] = json.dumps(prediction_to_dict(p, self.one_head), ensure_ascii=False)
+        for k, item, p in zip(records, items, self.predictor.predict(items), strict=True):
+            line = prediction_to_dict(p, self.one_head)
+            if p.error is None:
+                image = getattr(item, "image", None)
+                line[TRIAGE_KEY] = triage_keys(p.image_hash, getattr(item, "text", None), self.keep_post,
+                                               image if isinstance(image, str) else None)
+            results[k] = json.dumps(line, ensure_ascii=False)
             failed[k] = p.error is not None
         return {"file": batch["file"], "seq": batch["seq"], "end": batch["end"], "result": results,
                 "failed": failed, "node": np.full(n, self.node, dtype=object)}
@@ -119,7 +129,8 @@ def predicted_rows(
     rows = files.flat_map(partial(record_rows, image_root=str(options.image_root) if options.image_root else None))
     results = rows.map_batches(
         PredictionActor,
-        fn_constructor_kwargs={"options": replace(predictor_options, batch_size=options.batch_size)},
+        fn_constructor_kwargs={"options": replace(predictor_options, batch_size=options.batch_size),
+                               "keep_post": options.review_queue is not None},
         batch_size=options.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=options.concurrency),
@@ -174,9 +185,8 @@ def write_rows(rows: Iterator[Row], files: dict[int, FileInOrder], summary: Labe
         summary.nodes.update(r.node for r in written)
         advance(len(written))
         if state.complete:
-            state.output.finish()
+            state.output.seal()
             state.finished = True
-            summary.written.append(state.output.out)
     missing = [state.output.out.name for state in files.values() if not state.finished]
     if missing:
         raise RuntimeError(f"the pipeline ended before every record of {', '.join(missing)} was answered")
@@ -192,6 +202,8 @@ def run_label(
     inputs = discover_inputs(options.inputs)
     folder = check_writable_dir(options.output)
     outputs = output_paths(inputs, folder, options.output_format)
+    if options.review_queue is not None:
+        refuse_overwriting_inputs(options.review_queue, [*inputs, *outputs], "--review-queue")
     clean_stale(outputs)
     summary = LabelSummary(skipped=[out for out in outputs if out.exists()])
     pending = [i for i, out in enumerate(outputs) if not out.exists()]
@@ -209,6 +221,11 @@ def run_label(
         try:
             with ray_session(options.address, verbose=verbose), bar as advance:
                 _label_pending(pending, inputs, outputs, predictor_options, options, summary, advance, verbose)
+            queue = (ReviewQueueWriter(options.review_queue, budget=options.review_budget)
+                     if options.review_queue is not None else None)
+            run_files = [RunFile(outputs[i], options.output_format) for i in pending]
+            summary.written += group_run(run_files, predictor_options.groups, queue)
+            summary.queued = queue.write() if queue is not None else None
         except KeyboardInterrupt:
             report_interrupt(f"interrupted; {summary.rows} answers of this run are kept in {folder}/*.partial: "
                              "run the same command again to resume")

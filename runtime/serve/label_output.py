@@ -2,10 +2,10 @@
 
 While an input is labelled its answers are appended, in record order, to `NAME.predictions.<fmt>.partial`
 (JSONL lines, whatever the format), next to `NAME.predictions.<fmt>.partial.json`, which names the input
-with its size and modification time. When the input's last answer is written, the partial becomes the
-output (renamed for JSONL, converted for Parquet) and both files go. A rerun that finds the partial of the
-same, unchanged input resumes after its last whole line. A partial of a changed input is stale and removed,
-as are the temporaries a killed run leaves behind (`.NAME.*.partial`, from `atomic_output`).
+with its size and modification time. Once every input of the run is answered, each partial becomes its output
+(`label_groups`: grouped, then renamed for JSONL or converted for Parquet) and both files go. A rerun that
+finds the partial of the same, unchanged input resumes after its last whole line. A partial of a changed input
+is stale and removed, as are the temporaries a killed run leaves behind (`.NAME.*.partial`, from `atomic_output`).
 """
 
 from __future__ import annotations
@@ -100,38 +100,34 @@ class PartialOutput:
             self._fh.close()
             self._fh = None
 
-    def finish(self) -> None:
-        """Make the partial the output (atomically) and remove the partial and its note."""
+    def seal(self) -> None:
+        """Every answer is in: flush it to disk and close (the run's second pass makes it the output)."""
         assert self._fh is not None
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self.keep()
-        if self.format == "jsonl":
-            os.replace(self.part, self.out)
-        else:
-            write_parquet(self.part, self.out)
-            self.part.unlink()
-        partial_paths(self.out)[1].unlink(missing_ok=True)
 
 
 def write_parquet(lines_path: Path, out: Path) -> None:
     """Output lines (JSONL) -> a Parquet file written atomically, `PARQUET_ROWS_PER_GROUP` rows per group.
 
-    Columns: id, label, confidence, probs (map; the one head's, null for several heads), needs_review, error,
-    and tasks (the per-task answers as the JSON of the output line).
+    Columns: id, label, confidence, probs (map; the one head's, null for several heads), needs_review, group,
+    duplicate_of, error, and tasks (the per-task answers as the JSON of the output line).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = pa.schema([("id", pa.string()), ("label", pa.string()), ("confidence", pa.float64()),
                         ("probs", pa.map_(pa.string(), pa.float64())), ("needs_review", pa.bool_()),
-                        ("error", pa.string()), ("tasks", pa.string())])
+                        ("group", pa.string()), ("duplicate_of", pa.string()), ("error", pa.string()),
+                        ("tasks", pa.string())])
 
     def columns(row: dict[str, Any]) -> dict[str, Any]:
         probs = row.get("probs")
         return {"id": row.get("id"), "label": row.get("label"), "confidence": row.get("confidence"),
                 "probs": None if probs is None else list(probs.items()), "needs_review": row.get("needs_review"),
-                "error": row.get("error"), "tasks": json.dumps(row.get("tasks") or {}, ensure_ascii=False)}
+                "group": row.get("group"), "duplicate_of": row.get("duplicate_of"), "error": row.get("error"),
+                "tasks": json.dumps(row.get("tasks") or {}, ensure_ascii=False)}
 
     with atomic_output(out, "wb") as fh, open(lines_path, encoding="utf-8") as lines:
         writer = pq.ParquetWriter(fh, schema)

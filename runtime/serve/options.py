@@ -124,6 +124,8 @@ class LabelOptions:
     batch_size: int = 64  # records per actor call
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
+    review_queue: Path | None = None  # also write the review queue of the run (JSONL)
+    review_budget: int | None = None  # at most this many posts in it
 
     def validate(self) -> None:
         if not self.inputs:

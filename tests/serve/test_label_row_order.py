@@ -18,6 +18,7 @@ import pytest
 
 from crisis_tool.runtime.serve import label
 from crisis_tool.runtime.serve.label import Row
+from crisis_tool.runtime.serve.label_groups import RunFile, group_run
 from crisis_tool.runtime.serve.label_output import PartialOutput, partial_paths, resume_point
 from crisis_tool.runtime.serve.options import LabelOptions, PredictorOptions
 
@@ -156,6 +157,11 @@ def ids(path: Path) -> list[str]:
     return [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def finish(outputs: list[Path], output_format: str = "jsonl") -> list[Path]:
+    """The run's second pass: every answered partial becomes its output."""
+    return group_run([RunFile(out, output_format) for out in outputs])
+
+
 def test_rows_in_any_order_and_repeated_land_once_each_in_order(tmp_path: Path) -> None:
     counts = {i: (i * 37) % 101 for i in range(40)}  # 40 files, 0..100 rows each (some empty)
     rows = rows_for(counts)
@@ -164,7 +170,8 @@ def test_rows_in_any_order_and_repeated_land_once_each_in_order(tmp_path: Path) 
     files, outputs = open_files(tmp_path, counts)
     summary, advanced = label.LabelSummary(), []
     label.write_rows(iter(rows), files, summary, advanced.append)
-    assert sorted(summary.written) == sorted(outputs)
+    assert not any(out.exists() for out in outputs)  # answered, sealed; outputs wait for the second pass
+    assert finish(outputs) == outputs
     assert summary.rows == sum(advanced) == sum(counts.values())
     assert summary.errors == sum(n // 3 for n in counts.values())
     assert summary.nodes == {"node0": sum((n + 1) // 2 for n in counts.values()),
@@ -181,7 +188,7 @@ def test_rows_ending_before_a_file_is_complete_keep_it_partial(tmp_path: Path) -
     with pytest.raises(RuntimeError, match=r"before every record of in1.predictions.jsonl was answered"):
         label.write_rows(iter(rows), files, label.LabelSummary(), lambda n: None)
     files[1].output.keep()
-    assert ids(outputs[0]) == ["f0r0", "f0r1", "f0r2"] and not outputs[1].exists()
+    assert ids(partial_paths(outputs[0])[0]) == ["f0r0", "f0r1", "f0r2"] and not outputs[1].exists()
     assert ids(partial_paths(outputs[1])[0]) == ["f1r0"]  # r2 waited for r1: the partial stays a prefix
     assert resume_point(tmp_path / "in1.jsonl", outputs[1]) == 1
 
@@ -215,6 +222,7 @@ def test_an_interrupt_keeps_a_resumable_partial_and_the_rerun_completes_it(tmp_p
     rerun = [r for r in all_rows if r.file == 1 or r.seq >= done[0]]  # what record_rows gives after `skip`
     summary = label.LabelSummary()
     label.write_rows(iter(rerun), files, summary, lambda n: None)
+    finish(outputs)
     assert ids(outputs[0]) == [f"f0r{r}" for r in range(10)] and ids(outputs[1]) == [f"f1r{r}" for r in range(4)]
     assert summary.rows == 4 + 4  # only what was not answered before
     assert not list(tmp_path.glob("*.partial*"))
@@ -239,6 +247,7 @@ def test_parquet_output_holds_every_row_in_groups_of_4096(tmp_path: Path) -> Non
     files, outputs = open_files(tmp_path, {0: 4098}, "parquet")
     label.write_rows(iter([*reversed(rows), Row(0, 4098, True, "", False, "")]), files, label.LabelSummary(),
                      lambda n: None)
+    finish(outputs, "parquet")
     parquet = pq.ParquetFile(outputs[0])
     assert [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)] == [4096, 2]
     table = parquet.read().to_pylist()

@@ -148,6 +148,13 @@ def register(app: typer.Typer) -> None:
                                                "`crisis-tool caption` writes), for bundles trained on llava text."),
         verbose: bool = typer.Option(False, "--verbose/--quiet", help="Show Ray's own log lines (quiet: "
                                      "warnings only)."),
+        review_queue: Path | None = typer.Option(
+            None, "--review-queue", help="Also write the run's review queue (JSONL): least confident first, one "
+            "post per near-duplicate group, for `crisis-tool review`."),
+        review_budget: int | None = typer.Option(None, "--review-budget", min=0,
+                                                 help="At most this many posts in the review queue."),
+        groups: bool = typer.Option(True, "--groups/--no-groups", help="Near-duplicate groups (image pHash, "
+                                    "normalised text) across every file of the run."),
     ) -> None:
         """Label files with Ray Data; Ctrl-C keeps partial outputs and a rerun resumes them."""
         from crisis_tool.progress import progress_bar
@@ -158,11 +165,11 @@ def register(app: typer.Typer) -> None:
         options = LabelOptions(
             inputs=tuple(input_), output=output, image_root=image_root, output_format=output_format,
             address=address, concurrency=concurrency, batch_size=batch_size, gpus_per_actor=gpus_per_actor,
-            cpus_per_actor=cpus_per_actor,
+            cpus_per_actor=cpus_per_actor, review_queue=review_queue, review_budget=review_budget,
         )
         predictor = replace(_predictor_options(bundle, backend, precision, providers, threads, device,
                                                max_image_bytes, decode, pubkey),
-                            llava_file=llava_file.resolve() if llava_file is not None else None)
+                            llava_file=llava_file.resolve() if llava_file is not None else None, groups=groups)
         predictor.llava_texts()  # a missing or malformed caption file: one line before Ray starts
         try:
             with prompt_interrupt(grace_s=LABEL_INTERRUPT_GRACE_S):
@@ -176,6 +183,8 @@ def register(app: typer.Typer) -> None:
             f"{summary.rows} records, {summary.errors} errors, {rate:.1f} records/s -> {output}",
             err=True,
         )
+        if summary.queued is not None:
+            typer.echo(f"review queue: {summary.queued} posts, least confident first -> {review_queue}", err=True)
         if address and summary.nodes:
             typer.echo(f"answers per Ray node: {', '.join(f'{n}={c}' for n, c in sorted(summary.nodes.items()))}"
                        + (f"; resumed {summary.retries}x after losing a node" if summary.retries else ""), err=True)
