@@ -67,6 +67,8 @@ def group_run(files: Sequence[RunFile], groups: bool = True, review_queue: Revie
               ) -> list[Path]:
     """Group every answered line of `files` (in order), write the outputs and return them (see module docstring)."""
     grouper = NearDuplicateGrouper() if groups else None
+    if review_queue is not None and grouper is not None:
+        review_queue.resolve = grouper.resolve  # the queue folds groups as they are at the end of the run
     for run_file in files:
         _stage(run_file, grouper, review_queue)
     for run_file in files:

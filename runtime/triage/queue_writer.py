@@ -12,7 +12,7 @@ a few hundred bytes) per answered post, so a run of n posts holds about n x 300 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,10 @@ MAX_MEMBERS = 50
 class ReviewQueueWriter:
     """Collects output lines (with their records) and writes the review queue file atomically."""
 
-    def __init__(self, path: str | Path, budget: int | None = None, flagged_only: bool = False) -> None:
+    def __init__(self, path: str | Path, budget: int | None = None, flagged_only: bool = False,
+                 resolve: Callable[[str], str] | None = None) -> None:
         self.path = Path(path)
-        self.queue = ReviewQueue(budget=budget, flagged_only=flagged_only)
+        self.queue = ReviewQueue(budget=budget, flagged_only=flagged_only, resolve=resolve)
         self._first: dict[str, dict[str, Any]] = {}  # group id -> its first member (in case others join)
         self._members: dict[str, list[dict[str, Any]]] = {}
 
@@ -47,15 +48,37 @@ class ReviewQueueWriter:
         if len(members) < MAX_MEMBERS:
             members.append(member)
 
+    @property
+    def resolve(self) -> Callable[[str], str] | None:
+        """Maps a group id a line was given to its group's id now (`NearDuplicateGrouper.resolve`), or None."""
+        return self.queue.resolve
+
+    @resolve.setter
+    def resolve(self, resolve: Callable[[str], str] | None) -> None:
+        self.queue.resolve = resolve
+
+    def _final_members(self) -> dict[str, list[dict[str, Any]]]:
+        """Members per group id as it is now: groups merged after their first lines pool their members."""
+        resolve = self.queue.resolve or (lambda group: group)
+        pooled: dict[str, list[dict[str, Any]]] = {}
+        for group, first in self._first.items():
+            members = pooled.setdefault(resolve(group), [])
+            members += self._members.get(group, [first])[: MAX_MEMBERS - len(members)]
+        return pooled
+
     def write(self) -> int:
         """Write the queue (each line with its group's other members); returns the number of lines."""
         import json
 
         lines = self.queue.lines()
+        members_by_group = self._final_members()
+        resolve = self.queue.resolve or (lambda group: group)
         with atomic_output(self.path) as fh:
             for line in lines:
                 group = line.get("group")
-                members = self._members.get(group, []) if isinstance(group, str) else []
+                if isinstance(group, str):
+                    line["group"] = group = resolve(group)
+                members = members_by_group.get(group, []) if isinstance(group, str) else []
                 line["group_members"] = [m for m in members if m["id"] != line.get("id")]
                 line["group_size"] = max(1, len(members))
                 fh.write(json.dumps(line, ensure_ascii=False) + "\n")

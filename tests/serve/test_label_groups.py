@@ -97,6 +97,20 @@ def test_the_review_queue_holds_one_post_per_group_across_files(tmp_path: Path) 
     assert queued[1]["image"] == "b1.jpg" and queued[1]["text"] == "other"  # what the review page shows
 
 
+def test_the_review_queue_folds_groups_merged_late(tmp_path: Path) -> None:
+    run = _partials(tmp_path, {
+        "a": [_answer("a1", 0.3, PHOTO, "first words", post=True), _answer("a2", 0.2, None, "second", post=True)],
+        "b": [_answer("b1", 0.9, PHOTO, "second", post=True)],  # joins a1 (photo) and a2 (text): one group
+    })
+    queue = ReviewQueueWriter(tmp_path / "queue.jsonl")
+    group_run(run, review_queue=queue)
+    assert [x["group"] for f in run for x in _lines(f.out)] == ["a1", "a2", "a1"]  # lines keep the id they got
+    assert queue.write() == 1
+    (only,) = _lines(tmp_path / "queue.jsonl")
+    assert only["id"] == "a2" and only["group"] == "a1" and only["group_size"] == 3
+    assert sorted(m["id"] for m in only["group_members"]) == ["a1", "b1"]
+
+
 # ---------------------------------------------------------------------------------------------------- with Ray
 def _photo() -> Image.Image:
     """A smooth, structured picture (pHash is stable under re-encoding and resizing for it)."""
