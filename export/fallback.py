@@ -95,11 +95,11 @@ def choose_combination(spec: ModelSpec, precision: str, paths: dict[str, Path], 
         failing = _failing_heads(spec, report)
         if not failing:
             return _keep(combo, tried), {k: {**v, "fallback": tried[k]} for k, v in report.items()}
-        heads = [g for g in failing if combo.movable(g)]
-        encoder = next((g for g in ENCODER_FALLBACK_ORDER if combo.movable(g)), None)
-        if not heads and encoder is None:
+        # the failing heads that can still move, else the first encoder (text, then image) that can
+        steps = [g for g in failing if combo.movable(g)] or [g for g in ENCODER_FALLBACK_ORDER if combo.movable(g)][:1]
+        if not steps:
             break
-        for graph in heads or [encoder]:
+        for graph in steps:
             combo.step(graph)
         if combo.all_fp32():
             break  # all fp32: that is no reduced-precision variant

@@ -14,12 +14,12 @@ longer a candidate (its names stay in `DYNAMIC_CANDIDATES`, for reading older ma
 * `static-U8S8-per-channel-float-residual` (`rowwise-...-float-residual` without real records): the same with
   the residual-stream writers (attention output and MLP down projections, the widest activations) in float.
 
-Every candidate (two or three per graph) is built and gated, not only until one passes: the end-to-end
-fallback (`crisis_tool.export.fallback`) tries the next passing one before it leaves a graph fp32, and gating
-them all here costs one build and gate per candidate (the price of the old "later only when earlier fail" was
-the same whenever the first failed) and saves rebuilding anything at the end-to-end step. The fastest passing
-candidate is kept at the graph's path; the others wait beside it (`candidate_path`) until the fallback keeps one
-of them or deletes them. `passing` in the entry lists them, fastest first.
+Every candidate (two or three per graph) is built and gated, not only until one passes, so that the end-to-end
+fallback (`crisis_tool.export.fallback`) can try the next passing one before it leaves a graph fp32, without
+building anything at that step. The cost is one build, gate and timing per candidate: what a graph whose first
+candidates failed cost before. The fastest passing candidate is kept at the graph's path; the others wait beside
+it (`candidate_path`) until the fallback keeps one of them or deletes them. `passing` in the entry lists them,
+fastest first.
 
 Calibration: the given records (`--calib-data`) or, without them, the gate's own (generated) batches, which the
 export already says loudly; without real records only the per-row candidates (no calibration) are made. Every
