@@ -8,7 +8,9 @@ its own subprocess with a timeout. The module file is never edited: a `sitecusto
 of the subprocess (and of anything it starts, Ray workers included) compiles the mutated tree under the
 module's own file name when the module is imported. A mutant is killed when the selection fails or times
 out, and survives when it passes. Prints killed / survived / total, the kill rate, and every survivor (line,
-what changed), so a person can write the test that kills it or judge it equivalent.
+what changed), so a person can write the test that kills it or judge it equivalent; each killed mutant names the
+first test that failed on it. Mutants are numbered over the file's text, so the run stops (exit 3) if the module
+changes while it runs. Judged survivors and past figures: tests/mutation/RESULTS.md.
 
 Not collected by pytest (no `test_` prefix); CPU heavy: keep the selection narrow.
 """
@@ -170,15 +172,26 @@ def module_name(path: Path) -> str:
     return ".".join([PACKAGE_DIRS[top], *rest])
 
 
-def run_selection(selection: list[str], env: dict[str, str], timeout: float) -> tuple[str, float]:
-    """('passed' | 'failed' | 'timeout', seconds) of one pytest run of the selection."""
+def first_failure(output: str) -> str:
+    """The node id of the first FAILED/ERROR line of pytest's short summary ("" when there is none)."""
+    for line in output.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            return line.split(" ", 1)[1].split(" - ", 1)[0]
+    return ""
+
+
+def run_selection(selection: list[str], env: dict[str, str], timeout: float) -> tuple[str, float, str]:
+    """('passed' | 'failed' | 'timeout', seconds, first failing test) of one pytest run of the selection."""
     start = time.monotonic()
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *selection]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider", "-p", "no:randomly",
+           *selection]
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return "timeout", time.monotonic() - start
-    return ("passed" if proc.returncode == 0 else "failed"), time.monotonic() - start
+        return "timeout", time.monotonic() - start, ""
+    if proc.returncode == 0:
+        return "passed", time.monotonic() - start, ""
+    return "failed", time.monotonic() - start, first_failure(proc.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         sites = [s for s in sites if lo <= s.line <= hi]
     if args.only is not None:
         sites = [s for s in sites if s.index in set(args.only)]
+    source = path.read_bytes()
     base_env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    status, baseline = run_selection(args.selection, base_env, 1800)
+    status, baseline, _ = run_selection(args.selection, base_env, 1800)
     if status != "passed":
         print(f"the selection does not pass on the unmutated module ({status}); fix that first", file=sys.stderr)
         return 2
@@ -208,15 +222,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as boot:
         Path(boot, "sitecustomize.py").write_text(SITECUSTOMIZE.format(runner_dir=str(Path(__file__).parent)))
         for site in sites:
+            if path.read_bytes() != source:
+                print(f"{path} changed during the run: mutant numbers no longer match; run again", file=sys.stderr)
+                return 3
             env = {**base_env, "MUTANT_MODULE": module_name(path), "MUTANT_FILE": str(path),
                    "MUTANT_INDEX": str(site.index),
                    "PYTHONPATH": os.pathsep.join([boot, *filter(None, [os.environ.get("PYTHONPATH")])])}
-            status, seconds = run_selection(args.selection, env, timeout)
+            status, seconds, by = run_selection(args.selection, env, timeout)
             if status == "passed":
                 survivors.append(site)
             else:
                 killed += 1
-            print(f"  #{site.index:3d} line {site.line:4d} {site.change:28s} {status:8s} {seconds:5.1f}s", flush=True)
+            print(f"  #{site.index:3d} line {site.line:4d} {site.change:28s} {status:8s} {seconds:5.1f}s {by}".rstrip(),
+                  flush=True)
     total = len(sites)
     rate = killed / total if total else 1.0
     print(f"{module_name(path)}: killed {killed} / {total}, survived {len(survivors)}, kill rate {rate:.1%}")
