@@ -6,7 +6,8 @@ Command (from the repo root, `pip install -e '.[torch]'`):
 
 It builds the ViT-B-32 three-head run of `multitask_vs_single.py` (random weights: the compute is the real
 model's), exports it twice (fp32; once plain, once `--explain`, whose head graphs also output the modality
-share), and predicts the same generated posts with both bundles, interleaved round by round, cache-free, at
+share and, these being Differential Attention heads, the weight of every word, from the text encoder's token
+outputs), and predicts the same generated posts with both bundles, interleaved round by round, cache-free, at
 e2e `--batch`. It prints posts/s of each, their ratio, and that labels and probabilities agree (explain adds
 outputs, it changes no answer). A bundle exported without `--explain` runs graphs with no extra output, so "off"
 costs nothing by construction; this measures what "on" costs. `--clip-model crisis-tiny --rounds 3` checks the
@@ -68,7 +69,7 @@ def main() -> None:
     for predictor in predictors.values():  # warm-up on the extra batch
         predictor.predict(batches[-1])
     times: dict[str, list[float]] = {name: [] for name in predictors}
-    max_diff, labels_agree, shares = 0.0, True, 0
+    max_diff, labels_agree, shares, words = 0.0, True, 0, 0
     for records in batches[:-1]:
         answers = {}
         for name, predictor in predictors.items():
@@ -81,6 +82,7 @@ def main() -> None:
                 labels_agree &= answer.label == other.label
                 max_diff = max(max_diff, *(abs(answer.probs[k] - other.probs[k]) for k in answer.probs))
                 shares += other.explain is not None
+                words += bool(other.explain and other.explain.get("words"))
     for predictor in predictors.values():
         predictor.close()
 
@@ -91,7 +93,8 @@ def main() -> None:
     for name in predictors:
         print(f"{name:<10} {rate[name]:>9.2f}")
     print(f"explain / plain: {rate['explain'] / rate['plain']:.3f}x; labels agree: {labels_agree}; "
-          f"max |probability difference|: {max_diff:.1e}; answers with a modality share: {shares}")
+          f"max |probability difference|: {max_diff:.1e}")
+    print(f"answers with a modality share: {shares}; with top words: {words}")
 
 
 if __name__ == "__main__":

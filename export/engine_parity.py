@@ -10,6 +10,7 @@ inputs through the runtime's TensorRT plumbing and is held to the same gate as i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from crisis_tool.export.validate import (
     session_runner,
     validation_batches,
 )
+from crisis_tool.runtime.backends.base import head_feeds
 from crisis_tool.runtime.model_spec import IMAGE_GRAPH, TEXT_GRAPH, ModelSpec
 
 
@@ -41,11 +43,20 @@ class OnnxReference:
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
         return self._run[TEXT_GRAPH.name](TEXT_GRAPH.feeds(input_ids))[0]
 
+    def encode_text_outputs(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+        graph = self.spec.text_graph
+        return dict(zip(graph.output_names, self._run[graph.name](graph.feeds(input_ids)), strict=True))
+
     def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
+        outputs = self.run_head_outputs(image_embeds, text_embeds, task)
+        return outputs["logits"], outputs["probs"]
+
+    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None,
+                         extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         graph = (self.spec.head(task) if task else self.spec.heads[0]).graph_spec()
-        logits, probs = self._run[graph.name](graph.feeds(image_embeds, text_embeds))[:2]
-        return logits, probs
+        outputs = self._run[graph.name](head_feeds(graph, image_embeds, text_embeds, extra))
+        return dict(zip(graph.output_names, outputs, strict=True))
 
 
 def bundle_gate_cases(model: ModelSpec, fp32_paths: dict[str, Path], spec: CalibrationSpec, *,

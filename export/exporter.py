@@ -53,7 +53,9 @@ def export_bundle(opts: ExportOptions, progress: Any = None) -> ExportResult:
                 f"{opts.model}: the {task} head {head_cfg.head!r} couples the samples of a batch and cannot be "
                 "exported; train a 'guided' or 'guided-diff' head"
             )
-    spec = run.model_spec().with_explain() if opts.explain else run.model_spec()
+    spec = run.model_spec()
+    if opts.explain:  # heads with Differential Attention also weigh the post's words
+        spec = spec.with_explain(task for task, head in run.heads.items() if getattr(head, "weighs_words", False))
     clip = load_recorded_clip(run.config["clip"], model)
     tok = ClipTokenizer(clip.vocab_path, context_length=clip.context_length)
     size = int(run.config["preprocess"]["size"])

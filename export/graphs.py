@@ -78,7 +78,7 @@ class TextEncoderGraph(nn.Module):
 
     attn_mask: torch.Tensor  # a registered buffer
 
-    def __init__(self, clip_model: Any, eot_token_id: int) -> None:  # an open_clip CLIP model
+    def __init__(self, clip_model: Any, eot_token_id: int, tokens: bool = False) -> None:  # an open_clip CLIP
         super().__init__()
         self.token_embedding = clip_model.token_embedding
         self.positional_embedding = clip_model.positional_embedding
@@ -87,41 +87,55 @@ class TextEncoderGraph(nn.Module):
         self.text_projection = clip_model.text_projection
         self.register_buffer("attn_mask", clip_model.attn_mask.clone(), persistent=False)
         self.eot_token_id = int(eot_token_id)
+        self.tokens = tokens  # also text_token_embeds [B,L,D] and token_mask [B,L] (1 at the words)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        return x @ self.text_projection
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         length = input_ids.shape[1]
         x = self.token_embedding(input_ids) + self.positional_embedding[:length]
         x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
         x = self.ln_final(x)
         eot_index = (input_ids == self.eot_token_id).to(torch.int32).argmax(dim=-1).to(torch.int64)
         rows = torch.arange(input_ids.shape[0], dtype=torch.int64, device=input_ids.device)
-        pooled = x.flatten(0, 1)[rows * length + eot_index]  # a plain 1-D Gather
-        if isinstance(self.text_projection, nn.Linear):
-            return self.text_projection(pooled)
-        return pooled @ self.text_projection
+        pooled = self._project(x.flatten(0, 1)[rows * length + eot_index])  # a plain 1-D Gather
+        if not self.tokens:
+            return pooled
+        positions = torch.arange(length, dtype=torch.int64, device=input_ids.device).unsqueeze(0)
+        words = (positions >= 1) & (positions < eot_index.unsqueeze(1))  # after the SOT, before the EOT
+        return pooled, self._project(x), words.to(pooled.dtype)
 
 
 class HeadGraph(nn.Module):
     """(image_embeds [B,D], text_embeds [B,D]) -> (logits [B,C], probs [B,C] = softmax(logits)); with `explain`,
-    also modality_share [B,2] (the head's `modality_share`: image and text share of the fused vector)."""
+    also modality_share [B,2] (the head's `modality_share`: image and text share of the fused vector); with
+    `tokens`, also inputs text_token_embeds [B,L,D], token_mask [B,L] and output token_weights [B,L] (the head's
+    `token_weights`: its Differential Attention over the post's words)."""
 
-    def __init__(self, head: nn.Module, explain: bool = False) -> None:
+    def __init__(self, head: nn.Module, explain: bool = False, tokens: bool = False) -> None:
         super().__init__()
         self.head = head
         self.explain = explain
+        self.tokens = tokens
 
-    def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, token_embeds: torch.Tensor | None = None,
+                token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         logits = self.head(image_embeds, text_embeds)
+        out: tuple[torch.Tensor, ...] = (logits, torch.softmax(logits, dim=-1))
         if self.explain:
-            share = self.head.modality_share(image_embeds, text_embeds)  # type: ignore[operator]
-            return logits, torch.softmax(logits, dim=-1), share
-        return logits, torch.softmax(logits, dim=-1)
+            out += (self.head.modality_share(image_embeds, text_embeds),)  # type: ignore[operator]
+        if self.tokens:
+            out += (self.head.token_weights(image_embeds, text_embeds, token_embeds, token_mask),)  # type: ignore[operator]
+        return out
 
 
 FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "image": lambda clip_model, **_: ImageEncoderGraph(clip_model),
-    "text": lambda clip_model, eot_token_id, **_: TextEncoderGraph(clip_model, eot_token_id),
-    "head": lambda head, explain, **_: HeadGraph(head, explain),
+    "text": lambda clip_model, eot_token_id, tokens, **_: TextEncoderGraph(clip_model, eot_token_id, tokens),
+    "head": lambda head, explain, tokens, **_: HeadGraph(head, explain, tokens),
 }
 
 
@@ -130,4 +144,6 @@ def build_graph_module(spec: GraphSpec, clip_model: nn.Module, heads: dict[str, 
     """The eval-mode torch module of one graph of the spec (a head graph wraps its task's head)."""
     head = heads.get(spec.task) if spec.task else None
     explain = "modality_share" in spec.output_names
-    return FACTORIES[spec.role](clip_model=clip_model, head=head, eot_token_id=eot_token_id, explain=explain).eval()
+    tokens = "text_token_embeds" in spec.output_names or "token_weights" in spec.output_names
+    return FACTORIES[spec.role](clip_model=clip_model, head=head, eot_token_id=eot_token_id, explain=explain,
+                                tokens=tokens).eval()

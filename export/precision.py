@@ -106,8 +106,25 @@ def convert_fp16(src: Path, dst: Path) -> Path:
             op_block_list=list(FP16_OP_BLOCK_LIST),
             node_block_list=norm_division_nodes(model) + float_cast_nodes(model),
         )
+    float_outputs(converted)
     onnx.save(converted, str(dst))
     return Path(dst)
+
+
+def float_outputs(model: onnx.ModelProto) -> None:
+    """Cast back to float32 every graph output the converter left fp16 (outputs of blocked ops and casts):
+    a graph's outputs keep their fp32 types, so a head is fed what its declared inputs say."""
+    for output in model.graph.output:
+        tensor_type = output.type.tensor_type
+        if tensor_type.elem_type != onnx.TensorProto.FLOAT16:
+            continue
+        inner = f"{output.name}_fp16"
+        for node in model.graph.node:
+            node.output[:] = [inner if name == output.name else name for name in node.output]
+            node.input[:] = [inner if name == output.name else name for name in node.input]
+        model.graph.node.append(onnx.helper.make_node("Cast", [inner], [output.name], name=f"{output.name}_to_fp32",
+                                                      to=onnx.TensorProto.FLOAT))
+        tensor_type.elem_type = onnx.TensorProto.FLOAT
 
 
 def build_variant(spec: ModelSpec, precision: str, tmp: Path, fp32_paths: dict[str, Path], cases: list[Any],
@@ -127,15 +144,20 @@ def build_variant(spec: ModelSpec, precision: str, tmp: Path, fp32_paths: dict[s
 
     paths = {c: tmp / f"{c}.{precision}.onnx" for c in fp32_paths}
     report: dict[str, Any] = {}
+    words = {h.graph for h in spec.heads if h.explain_tokens}
     try:
         for component, src in fp32_paths.items():
-            if precision == "int8":
+            graph = spec.graph(component)
+            if precision == "int8" and component in words:  # a tiny head; its word inputs have no calibration
+                report[component] = {**check_graph(graph, src, cases, "fp32"), "chosen": "fp32", "weight_type": "fp32",
+                                     "why": "a head that weighs words (--explain) stays fp32"}
+            elif precision == "int8":
                 feeds = calibration_feeds(component, cases) if calibrated else None
                 report[component] = pick_int8(component, src, paths[component], cases, feeds)
             else:
                 convert_fp16(src, paths[component])
-                entry = check_graph(component, paths[component], cases, precision)
-                report[component] = _fp16_choice(component, src, entry, cases)
+                entry = check_graph(graph, paths[component], cases, precision)
+                report[component] = _fp16_choice(graph, src, entry, cases)
     except RuntimeCannotRun as exc:
         return paths, {}, f"not validated: {exc}"
     for component, entry in report.items():
@@ -150,7 +172,7 @@ def build_variant(spec: ModelSpec, precision: str, tmp: Path, fp32_paths: dict[s
     return kept, report, not failures({precision: report})
 
 
-def _fp16_choice(component: str, src: Path, entry: dict[str, Any], cases: list[Any]) -> dict[str, Any]:
+def _fp16_choice(component: Any, src: Path, entry: dict[str, Any], cases: list[Any]) -> dict[str, Any]:
     """An fp16 graph's entry; one that fails its own gate stays fp32 (with the fp16 numbers recorded)."""
     from crisis_tool.export.validate import check_graph
 

@@ -21,6 +21,7 @@ from crisis_tool.runtime.errors import CrisisToolError
 from crisis_tool.runtime.model_spec import (
     END_TO_END,
     EXPLAIN_MAX_ABS,
+    EXPLAIN_OUTPUTS,
     HEAD_GATE,
     IMAGE_GRAPH,
     LOGITS,
@@ -154,14 +155,18 @@ def reference_cases(reference: Any, inputs: Sequence[tuple[np.ndarray, np.ndarra
     spec = spec or getattr(reference, "spec", None)
     heads: list[tuple[str, str | None]] = [(h.graph, h.task) for h in spec.heads] if spec else [("head", None)]
     cases = []
+    words = spec is not None and any(h.explain_tokens for h in spec.heads)  # heads weigh words: token outputs too
     for pixels, ids in inputs:
         image_embeds = np.asarray(reference.encode_image(pixels), dtype=np.float32)
-        text_embeds = np.asarray(reference.encode_text(ids), dtype=np.float32)
-        outputs = {IMAGE_GRAPH.name: {"image_embeds": image_embeds}, TEXT_GRAPH.name: {"text_embeds": text_embeds}}
+        text = ({k: np.asarray(v, dtype=np.float32) for k, v in reference.encode_text_outputs(ids).items()} if words
+                else {"text_embeds": np.asarray(reference.encode_text(ids), dtype=np.float32)})
+        text_embeds = text["text_embeds"]
+        outputs = {IMAGE_GRAPH.name: {"image_embeds": image_embeds}, TEXT_GRAPH.name: text}
         for graph, task in heads:
             if task is not None and hasattr(reference, "run_head_outputs"):
+                extra = {"extra": text} if words else {}
                 outputs[graph] = {k: np.asarray(v) for k, v in
-                                  reference.run_head_outputs(image_embeds, text_embeds, task).items()}
+                                  reference.run_head_outputs(image_embeds, text_embeds, task, **extra).items()}
                 continue
             logits, probs = (reference.run_head(image_embeds, text_embeds, task) if task
                              else reference.run_head(image_embeds, text_embeds))
@@ -230,10 +235,12 @@ def check_runner(graph: GraphSpec | str, run: GraphRunner, cases: list[ParityCas
     numbers.update({f"max_abs_{name}": value for name, value in other_diff.items()})
     numbers["batches"] = sorted({c.batch for c in cases})
     entry = judge(numbers, spec.tolerance(precision))
-    if "modality_share" in other_diff:  # --explain: gated like any output
-        limit = EXPLAIN_MAX_ABS[precision]
-        entry["limits"]["max_abs_modality_share"] = limit
-        entry["passed"] = bool(entry["passed"] and other_diff["modality_share"] <= limit)
+    limits = {name: EXPLAIN_MAX_ABS[precision] for name in EXPLAIN_OUTPUTS}  # --explain: gated like any output
+    limits["token_mask"] = 0.0  # which positions are words: exact
+    for name, limit in limits.items():
+        if name in other_diff:
+            entry["limits"][f"max_abs_{name}"] = limit
+            entry["passed"] = bool(entry["passed"] and other_diff[name] <= limit)
     return entry
 
 
@@ -265,11 +272,19 @@ def check_end_to_end(spec: ModelSpec, paths: dict[str, Path], cases: list[Parity
     runners = {name: session_runner(path) for name, path in paths.items()}
     report = {}
     for head in spec.heads:
-        chain = [IMAGE_GRAPH, TEXT_GRAPH, head.graph_spec()]
-        outs = [run_chain(runners, chain, case.inputs)["logits"] for case in cases]
-        numbers = compare(outs, [case.outputs[head.graph]["logits"] for case in cases], logits=True)
+        chain = [IMAGE_GRAPH, spec.text_graph, head.graph_spec()]
+        envs = [run_chain(runners, chain, case.inputs) for case in cases]
+        numbers = compare([env["logits"] for env in envs], [case.outputs[head.graph]["logits"] for case in cases],
+                          logits=True)
         numbers["batches"] = sorted({c.batch for c in cases})
-        report[end_to_end_key(head)] = judge(numbers, END_TO_END[precision])
+        entry = judge(numbers, END_TO_END[precision])
+        if head.explain_tokens:  # the words' weights end to end, through the text encoder's token outputs
+            worst = max(max_abs(env["token_weights"], case.outputs[head.graph]["token_weights"])
+                        for env, case in zip(envs, cases, strict=True))
+            entry["max_abs_token_weights"] = worst
+            entry["limits"]["max_abs_token_weights"] = EXPLAIN_MAX_ABS[precision]
+            entry["passed"] = bool(entry["passed"] and worst <= EXPLAIN_MAX_ABS[precision])
+        report[end_to_end_key(head)] = entry
     return report
 
 

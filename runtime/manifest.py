@@ -193,7 +193,8 @@ def parse_head(r: ManifestReader) -> HeadSpec:
     if threshold is not None and not (0.0 <= threshold <= 1.0 or threshold == FLAG_ALL):
         raise r.fail("review_threshold", f"{threshold!r} is out of range (0..1, or {FLAG_ALL} to flag every post)")
     return HeadSpec(task, tuple(labels), graph, r.relpath("weights"), float(temperature),
-                    None if threshold is None else float(threshold), r.get("explain", bool, False))
+                    None if threshold is None else float(threshold), r.get("explain", bool, False),
+                    r.get("explain_tokens", bool, False))
 
 
 def parse_spec(r: ManifestReader, version: int) -> ModelSpec:

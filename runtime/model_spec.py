@@ -73,7 +73,13 @@ TEXT_EMBEDS = TensorSpec("text_embeds", "float32", ("B", "D"))
 LOGITS = TensorSpec("logits", "float32", ("B", "C"))
 PROBS = TensorSpec("probs", "float32", ("B", "C"))
 MODALITY_SHARE = TensorSpec("modality_share", "float32", ("B", 2))  # --explain: (image, text), rows sum to 1
-EXPLAIN_MAX_ABS = {"fp32": 1e-4, "fp16": 0.02, "int8": 0.02}  # the gate on modality_share
+# --explain on a Differential Attention head: the text encoder also outputs every token's projected feature and
+# which positions are words (not SOT/EOT/padding); the head weighs each word with its DiffAttn map.
+TEXT_TOKEN_EMBEDS = TensorSpec("text_token_embeds", "float32", ("B", "L", "D"))
+TOKEN_MASK = TensorSpec("token_mask", "float32", ("B", "L"))
+TOKEN_WEIGHTS = TensorSpec("token_weights", "float32", ("B", "L"))
+EXPLAIN_MAX_ABS = {"fp32": 1e-4, "fp16": 0.02, "int8": 0.02}  # the gate on modality_share and token_weights
+EXPLAIN_OUTPUTS = ("modality_share", "token_weights")
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,8 @@ class GraphSpec:
 
 IMAGE_GRAPH = GraphSpec(IMAGE_ENCODER, "image", (PIXELS,), (IMAGE_EMBEDS,), dict(EMBED_GATE))
 TEXT_GRAPH = GraphSpec(TEXT_ENCODER, "text", (INPUT_IDS,), (TEXT_EMBEDS,), dict(EMBED_GATE))
+TEXT_TOKENS_GRAPH = GraphSpec(TEXT_ENCODER, "text", (INPUT_IDS,), (TEXT_EMBEDS, TEXT_TOKEN_EMBEDS, TOKEN_MASK),
+                              dict(EMBED_GATE))  # the text encoder of a bundle whose heads explain words
 
 
 @dataclass(frozen=True)
@@ -140,11 +148,18 @@ class HeadSpec:
     temperature: float = 1.0
     review_threshold: float | None = None
     explain: bool = False  # the head graph also outputs modality_share (export --explain)
+    explain_tokens: bool = False  # and token_weights over the post's words (--explain, DiffAttn heads)
 
     def graph_spec(self) -> GraphSpec:
-        outputs = (LOGITS, PROBS, MODALITY_SHARE) if self.explain else (LOGITS, PROBS)
-        return GraphSpec(self.graph, "head", (IMAGE_EMBEDS, TEXT_EMBEDS), outputs, dict(HEAD_GATE),
-                         task=self.task, classes=len(self.labels))
+        inputs: tuple[TensorSpec, ...] = (IMAGE_EMBEDS, TEXT_EMBEDS)
+        outputs: tuple[TensorSpec, ...] = (LOGITS, PROBS)
+        if self.explain:
+            outputs += (MODALITY_SHARE,)
+        if self.explain_tokens:
+            inputs += (TEXT_TOKEN_EMBEDS, TOKEN_MASK)
+            outputs += (TOKEN_WEIGHTS,)
+        return GraphSpec(self.graph, "head", inputs, outputs, dict(HEAD_GATE), task=self.task,
+                         classes=len(self.labels))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"task": self.task, "labels": list(self.labels), "graph": self.graph,
@@ -153,6 +168,8 @@ class HeadSpec:
             out["review_threshold"] = self.review_threshold
         if self.explain:
             out["explain"] = True
+        if self.explain_tokens:
+            out["explain_tokens"] = True
         return out
 
 
@@ -206,9 +223,14 @@ class ModelSpec:
             raise UsageError(f"--tasks {','.join(unknown)}: unknown; this bundle has heads {', '.join(self.tasks)}")
         return tuple(self.head(n) for n in dict.fromkeys(names))
 
+    @property
+    def text_graph(self) -> GraphSpec:
+        """The text encoder: with token outputs when a head explains words (`HeadSpec.explain_tokens`)."""
+        return TEXT_TOKENS_GRAPH if any(h.explain_tokens for h in self.heads) else TEXT_GRAPH
+
     def graphs(self) -> dict[str, GraphSpec]:
         """Every graph, in build order: the image encoder, the text encoder, then one head per task."""
-        return {IMAGE_ENCODER: IMAGE_GRAPH, TEXT_ENCODER: TEXT_GRAPH,
+        return {IMAGE_ENCODER: IMAGE_GRAPH, TEXT_ENCODER: self.text_graph,
                 **{h.graph: h.graph_spec() for h in self.heads}}
 
     @property
@@ -224,9 +246,11 @@ class ModelSpec:
     def head_for_graph(self, graph: str) -> HeadSpec | None:
         return next((h for h in self.heads if h.graph == graph), None)
 
-    def with_explain(self) -> ModelSpec:
-        """The same heads, each exporting its modality share (export --explain)."""
-        return ModelSpec(tuple(replace(h, explain=True) for h in self.heads))
+    def with_explain(self, word_tasks: Iterable[str] = ()) -> ModelSpec:
+        """The same heads, each exporting its modality share (export --explain); those of `word_tasks` (heads
+        with Differential Attention) also weigh the post's words."""
+        words = set(word_tasks)
+        return ModelSpec(tuple(replace(h, explain=True, explain_tokens=h.task in words) for h in self.heads))
 
     def with_calibration(self, task: str, temperature: float, review_threshold: float | None) -> ModelSpec:
         heads = tuple(replace(h, temperature=temperature, review_threshold=review_threshold) if h.task == task
@@ -234,7 +258,7 @@ class ModelSpec:
         return ModelSpec(heads)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"encoders": {IMAGE_ENCODER: IMAGE_GRAPH.io_dict(), TEXT_ENCODER: TEXT_GRAPH.io_dict()},
+        return {"encoders": {IMAGE_ENCODER: IMAGE_GRAPH.io_dict(), TEXT_ENCODER: self.text_graph.io_dict()},
                 "heads": [h.to_dict() for h in self.heads]}
 
 

@@ -4,6 +4,7 @@ group, or the record's error."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,9 @@ class TaskPrediction:
     confidence: float
     probs: dict[str, float]
     needs_review: bool | None = None  # None: the bundle stores no review threshold for this head
-    explain: dict[str, float] | None = None  # --explain bundles: {"image": share, "text": share}, summing to 1
+    # --explain bundles: {"image": share, "text": share} (summing to 1), and for heads that weigh words
+    # "words": [(word, weight), ...] (the top words by the head's Differential Attention weight)
+    explain: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,14 +77,17 @@ def calibrated_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def task_prediction(head: HeadSpec, logits: np.ndarray, probs: np.ndarray, share: np.ndarray | None = None
-                    ) -> TaskPrediction:
+def task_prediction(head: HeadSpec, logits: np.ndarray, probs: np.ndarray, share: np.ndarray | None = None,
+                    words: list[tuple[str, float]] | None = None) -> TaskPrediction:
     """One record's answer from one head: its raw logits and graph probabilities, calibrated here; `share`
-    is the head's modality share (image, text) when the bundle was exported with --explain."""
+    is the head's modality share (image, text) when the bundle was exported with --explain, `words` its top
+    words when the head weighs them."""
     p = probs if head.temperature == 1.0 else calibrated_probs(logits[None, :], head.temperature)[0]
     best = int(np.argmax(p))
     confidence = float(p[best])
     review = None if head.review_threshold is None else confidence < head.review_threshold
-    explain = None if share is None else {"image": float(share[0]), "text": float(share[1])}
+    explain: dict[str, Any] | None = None if share is None else {"image": float(share[0]), "text": float(share[1])}
+    if explain is not None and words is not None:
+        explain["words"] = [[word, weight] for word, weight in words]
     return TaskPrediction(head.labels[best], confidence,
                           {label: float(v) for label, v in zip(head.labels, p, strict=True)}, review, explain)

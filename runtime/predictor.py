@@ -52,6 +52,7 @@ from crisis_tool.runtime.tokenizer import ClipTokenizer
 from crisis_tool.runtime.triage.grouping import NearDuplicateGrouper
 from crisis_tool.runtime.triage.image_hash import image_hash_of
 from crisis_tool.runtime.triage.text_key import text_key
+from crisis_tool.runtime.word_weights import Words, padded_words, top_words
 
 __all__ = ["TIMING_KEYS", "Prediction", "Predictor", "TaskPrediction", "calibrated_probs", "task_prediction"]
 
@@ -105,6 +106,8 @@ class Predictor:
         self.groups = bool(groups)  # near-duplicate groups (pHash of each image, normalised text)
         self.image_hashes = EmbeddingCache(cache_size)
         self.text_cache = EmbeddingCache(cache_size)
+        self.weighs_words = any(h.explain_tokens for h in self.heads)  # --explain heads that weigh words
+        self.word_cache: EmbeddingCache = EmbeddingCache(cache_size if self.weighs_words else 0)
         self._pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1),
                                         thread_name_prefix="crisis-decode")
         self._lock = threading.Lock()
@@ -306,8 +309,11 @@ class Predictor:
                 texts[i] = text
         # Encode the texts while the pool is still decoding this batch's images.
         wanted = [i for i in texts if _has_image(batch.items[i])]
-        encoded: list[np.ndarray] = list(self._text_embeddings([texts[i] for i in wanted], timings)) if wanted else []
+        words: list[Words] = []
+        encoded: list[np.ndarray] = (list(self._text_embeddings([texts[i] for i in wanted], timings, words))
+                                     if wanted else [])
         text_rows = dict(zip(wanted, encoded, strict=True))
+        word_rows = dict(zip(wanted, words, strict=True)) if self.weighs_words else {}
         loaded = {i: future.result() for i, future in batch.futures.items()}  # all decodes done
         shas: dict[int, str] = {}
         for i, item in enumerate(batch.items):
@@ -335,16 +341,21 @@ class Predictor:
             answers: list[dict[str, TaskPrediction]] = [{} for _ in ok]
             for head in self.heads:
                 start = time.perf_counter()
-                share = None
+                share, top = None, None
                 if head.explain:
-                    outputs = self.backend.run_head_outputs(image_embeds, text_embeds, head.task)
+                    extra = padded_words([word_rows[i] for i in ok]) if head.explain_tokens else None
+                    outputs = self.backend.run_head_outputs(image_embeds, text_embeds, head.task, extra)
                     logits, probs, share = outputs["logits"], outputs["probs"], outputs["modality_share"]
+                    if head.explain_tokens:
+                        top = [top_words(word_rows[i], outputs["token_weights"][row], self.tokenizer)
+                               for row, i in enumerate(ok)]
                 else:
                     logits, probs = self.backend.run_head(image_embeds, text_embeds, head.task)
                 self._add(timings, "head", start)
                 for row in range(len(ok)):
                     answers[row][head.task] = task_prediction(head, logits[row], probs[row],
-                                                              None if share is None else share[row])
+                                                              None if share is None else share[row],
+                                                              None if top is None else top[row])
             for row, i in enumerate(ok):
                 out[i] = Prediction(batch.items[i].id, answers[row])
         if grouper is not None:
@@ -368,10 +379,15 @@ class Predictor:
                 self.image_cache.put(sha, emb)
         return _stack_found(found, shas)
 
-    def _text_embeddings(self, texts: list[str], timings: dict[str, float]) -> np.ndarray:
+    def _text_embeddings(self, texts: list[str], timings: dict[str, float], words: list[Words] | None = None
+                         ) -> np.ndarray:
+        """Pooled text embeddings [N, D] of `texts`; for a bundle whose heads weigh words, each text's `Words`
+        are appended to `words` (encoded with the text, cached beside it)."""
         keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
         found: dict[str, np.ndarray | None] = {k: self.text_cache.get(k) for k in dict.fromkeys(keys)}
-        missing = {k: t for k, t in zip(keys, texts, strict=True) if found[k] is None}
+        found_words: dict[str, Any] = {k: self.word_cache.get(k) for k in found} if self.weighs_words else {}
+        missing = {k: t for k, t in zip(keys, texts, strict=True)
+                   if found[k] is None or (self.weighs_words and found_words[k] is None)}
         if missing:
             start = time.perf_counter()
             ids = self.tokenizer.tokenize(list(missing.values()), trim=True)
@@ -384,11 +400,21 @@ class Predictor:
                 rows = order[start_row : start_row + self.batch_size]
                 width = max(2, int(lengths[rows].max()))
                 start = time.perf_counter()
-                embeds = self.backend.encode_text(np.ascontiguousarray(ids[rows, :width]))
+                chunk = np.ascontiguousarray(ids[rows, :width])
+                outputs = (self.backend.encode_text_outputs(chunk) if self.weighs_words
+                           else {"text_embeds": self.backend.encode_text(chunk)})
                 self._add(timings, "text_encoder", start)
-                for row, emb in zip(rows, embeds, strict=True):
+                for n, (row, emb) in enumerate(zip(rows, outputs["text_embeds"], strict=True)):
                     found[missing_keys[row]] = emb
                     self.text_cache.put(missing_keys[row], emb)
+                    if self.weighs_words:
+                        size = int(lengths[row])
+                        entry = Words(chunk[n, :size], outputs["text_token_embeds"][n, :size],
+                                      outputs["token_mask"][n, :size])
+                        found_words[missing_keys[row]] = entry
+                        self.word_cache.put(missing_keys[row], entry)  # type: ignore[arg-type]
+        if words is not None and self.weighs_words:
+            words.extend(found_words[k] for k in keys)
         return _stack_found(found, keys)
 
 

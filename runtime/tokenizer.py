@@ -57,6 +57,11 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
+@lru_cache
+def _byte_decoder() -> dict[str, int]:
+    return {c: b for b, c in bytes_to_unicode().items()}
+
+
 def clean_for_clip(text: str) -> str:
     """open_clip's "lower" cleaning: ftfy, double html unescape, whitespace collapse, lower case."""
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
@@ -221,6 +226,18 @@ class ClipTokenizer:
     def __call__(self, texts: Sequence[str] | str) -> np.ndarray:
         """int64 [B, context_length] ids, identical to open_clip's tokenizer."""
         return self.tokenize(texts, trim=False)
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token id (its BPE piece decoded from bytes, without the end-of-word mark)."""
+        with self._lock:
+            decoder = getattr(self, "_decoder", None)
+            if decoder is None:
+                decoder = self._decoder = {i: piece for piece, i in self._encoder.items()}
+        piece = decoder.get(int(token_id), "")
+        if piece in self._specials:
+            return piece
+        data = bytes(_byte_decoder()[c] for c in piece.removesuffix("</w>") if c in _byte_decoder())
+        return data.decode("utf-8", errors="replace")
 
     def __repr__(self) -> str:
         return f"ClipTokenizer({str(self._vocab_path)!r}, context_length={self._context_length})"

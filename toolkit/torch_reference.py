@@ -8,6 +8,7 @@ length and fed to `encode_text` exactly as at training time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from crisis_tool.runtime.backends.base import Backend, reject_options
+from crisis_tool.runtime.backends.base import Backend, head_extra_inputs, reject_options
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import BundleError, UsageError
 from crisis_tool.runtime.manifest import MODEL_CONFIG_NAME
@@ -100,17 +101,43 @@ class TorchBackend(Backend):
         return self.clip_model.encode_text(self._tensor(ids)).float().cpu().numpy()
 
     @torch.no_grad()
-    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
-                         ) -> dict[str, np.ndarray]:
-        """logits and probs, plus modality_share when the spec's head exports it (--explain)."""
+    def encode_text_outputs(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """text_embeds, and, when a head of the spec weighs words, every token's projected feature and the word
+        mask (1 after the SOT and before the EOT), over the given L positions, as the exported text encoder."""
+        pooled = self.encode_text(input_ids)
+        if self.spec is None or "text_token_embeds" not in self.spec.text_graph.output_names:
+            return {"text_embeds": pooled}
+        model, length = self.clip_model, input_ids.shape[1]
+        ids = np.zeros((input_ids.shape[0], self.context_length), dtype=np.int64)
+        ids[:, :length] = input_ids[:, : self.context_length]
+        tokens = self._tensor(ids)
+        x = model.token_embedding(tokens) + model.positional_embedding
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+        projection = model.text_projection
+        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        eot_index = np.argmax(input_ids, axis=1)  # the EOT is CLIP's largest id (open_clip pools at the argmax)
+        positions = np.arange(length)[None, :]
+        mask = ((positions >= 1) & (positions < eot_index[:, None])).astype(np.float32)
+        return {"text_embeds": pooled, "text_token_embeds": x[:, :length].float().cpu().numpy(), "token_mask": mask}
+
+    @torch.no_grad()
+    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None,
+                         extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """logits and probs, plus modality_share (and token_weights, from `extra`'s token features) when the spec's
+        head exports them (--explain)."""
         logits, probs = self.run_head(image_embeds, text_embeds, task)
         out = {"logits": logits, "probs": probs}
         spec_head = self.spec.head(task) if self.spec is not None and task is not None else None
+        head = self.heads[task] if task is not None else self.head
+        image = self._tensor(image_embeds.astype(np.float32, copy=False))
+        text = self._tensor(text_embeds.astype(np.float32, copy=False))
         if spec_head is not None and spec_head.explain:
-            head = self.heads[task] if task is not None else self.head
-            share = head.modality_share(self._tensor(image_embeds.astype(np.float32, copy=False)),
-                                        self._tensor(text_embeds.astype(np.float32, copy=False)))
-            out["modality_share"] = share.cpu().numpy()
+            out["modality_share"] = head.modality_share(image, text).cpu().numpy()
+        if spec_head is not None and spec_head.explain_tokens:
+            feeds = head_extra_inputs(spec_head.graph_spec(), extra, *text_embeds.shape)
+            weights = head.token_weights(image, text, *(self._tensor(feeds[k].astype(np.float32, copy=False))
+                                                        for k in ("text_token_embeds", "token_mask")))
+            out["token_weights"] = weights.cpu().numpy()
         return out
 
     @torch.no_grad()

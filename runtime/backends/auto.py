@@ -26,6 +26,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -368,15 +369,18 @@ class AutoBackend(Backend):
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
         return self.inner.encode_text(input_ids)
 
+    def encode_text_outputs(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+        return self.inner.encode_text_outputs(input_ids)
+
     def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         if task is None:
             return self.inner.run_head(image_embeds, text_embeds)
         return self.inner.run_head(image_embeds, text_embeds, task)
 
-    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
-                         ) -> dict[str, np.ndarray]:
-        return self.inner.run_head_outputs(image_embeds, text_embeds, task)
+    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None,
+                         extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        return self.inner.run_head_outputs(image_embeds, text_embeds, task, extra)
 
     def synchronize(self) -> None:
         self.inner.synchronize()

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from crisis_tool.runtime.errors import UsageError
+from crisis_tool.runtime.model_spec import GraphSpec
 
 if TYPE_CHECKING:
     from crisis_tool.runtime.backends.peak_probe import PeakProbe
@@ -83,9 +85,15 @@ class Backend(ABC):
                  ) -> tuple[np.ndarray, np.ndarray]:
         """Task `task`'s fusion head (None: the first head): embeddings [B,D] x2 -> (logits [B,C], probs [B,C])."""
 
-    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
-                         ) -> dict[str, np.ndarray]:
-        """Every output of a head graph by name (logits, probs, and modality_share for an --explain bundle).
+    def encode_text_outputs(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the text encoder by name: text_embeds, and for a bundle whose heads weigh words
+        (--explain) text_token_embeds [B,L,D] and token_mask [B,L]. Default: text_embeds from `encode_text`."""
+        return {"text_embeds": self.encode_text(input_ids)}
+
+    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None,
+                         extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Every output of a head graph by name (logits, probs, and modality_share / token_weights for an
+        --explain bundle); `extra` feeds a head's further inputs by name (text_token_embeds, token_mask).
 
         Default: logits and probs from `run_head`; backends that run the graph itself return all its outputs.
         """
@@ -113,6 +121,26 @@ class Backend(ABC):
 
     def describe(self) -> str:
         return f"{self.name} ({self.precision}, {self.provider})"
+
+
+def head_extra_inputs(graph: GraphSpec, extra: Mapping[str, np.ndarray] | None, batch: int, dim: int
+                      ) -> dict[str, np.ndarray]:
+    """The head graph's inputs beyond (image_embeds, text_embeds), by name from `extra`. A head that weighs words
+    run without them (`run_head`, logits only) is fed "no words": one masked position, which changes no logit."""
+    names = graph.input_names[2:]
+    if extra is not None and all(n in extra for n in names):
+        return {n: extra[n] for n in names}
+    none = {"text_token_embeds": np.zeros((batch, 1, dim), np.float32), "token_mask": np.zeros((batch, 1), np.float32)}
+    return {n: none[n] for n in names}
+
+
+def head_feeds(graph: GraphSpec, image_embeds: np.ndarray, text_embeds: np.ndarray,
+               extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Every input of a head graph by name: the two embeddings and, for a head that weighs words, `extra`'s."""
+    feeds = {graph.input_names[0]: image_embeds, graph.input_names[1]: text_embeds}
+    if len(graph.inputs) > 2:
+        feeds |= head_extra_inputs(graph, extra, int(text_embeds.shape[0]), int(text_embeds.shape[-1]))
+    return feeds
 
 
 def reject_options(backend: str, options: dict[str, Any]) -> None:

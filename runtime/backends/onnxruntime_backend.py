@@ -15,14 +15,14 @@ import contextlib
 import io
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from crisis_tool.runtime.backends.base import Backend, reject_options
+from crisis_tool.runtime.backends.base import Backend, head_feeds, reject_options
 from crisis_tool.runtime.backends.peak_probe import PeakProbe, onnxruntime_probe
 from crisis_tool.runtime.backends.user_cache import cache_dir, cpu_key, graph_digest
 from crisis_tool.runtime.bundle import Bundle
@@ -187,17 +187,23 @@ class OnnxRuntimeBackend(Backend):
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
         return np.asarray(self._run(TEXT_GRAPH.name, TEXT_GRAPH.feeds(input_ids))[0], dtype=np.float32)
 
+    def encode_text_outputs(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+        graph = self.spec.text_graph
+        outputs = self._run(graph.name, graph.feeds(input_ids))
+        return {name: np.asarray(out, dtype=np.float32) for name, out in zip(graph.output_names, outputs,
+                                                                              strict=True)}
+
     def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         head = self.spec.head(task) if task else self.spec.heads[0]
         graph = head.graph_spec()
-        logits, probs = self._run(graph.name, graph.feeds(image_embeds, text_embeds))[:2]  # order checked on load
+        logits, probs = self._run(graph.name, head_feeds(graph, image_embeds, text_embeds))[:2]  # order checked
         return np.asarray(logits, dtype=np.float32), np.asarray(probs, dtype=np.float32)
 
-    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
-                         ) -> dict[str, np.ndarray]:
+    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None,
+                         extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         graph = (self.spec.head(task) if task else self.spec.heads[0]).graph_spec()
-        outputs = self._run(graph.name, graph.feeds(image_embeds, text_embeds))
+        outputs = self._run(graph.name, head_feeds(graph, image_embeds, text_embeds, extra))
         return {name: np.asarray(out, dtype=np.float32) for name, out in zip(graph.output_names, outputs,
                                                                               strict=True)}
 

@@ -21,12 +21,13 @@ config; `CRISIS_TOOL_CACHE_DIR=off` turns it off).
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from crisis_tool.runtime.backends.base import Backend, reject_options
+from crisis_tool.runtime.backends.base import Backend, head_feeds, reject_options
 from crisis_tool.runtime.backends.peak_probe import PeakProbe, openvino_probe
 from crisis_tool.runtime.backends.user_cache import cache_dir
 from crisis_tool.runtime.bundle import Bundle
@@ -216,17 +217,20 @@ class OpenVinoBackend(Backend):
         out = self._graphs[TEXT_GRAPH.name].run(TEXT_GRAPH.feeds(input_ids))
         return out[TEXT_GRAPH.output_names[0]]
 
+    def encode_text_outputs(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+        return self._graphs[TEXT_GRAPH.name].run(TEXT_GRAPH.feeds(input_ids))
+
     def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         graph = (self.spec.head(task) if task else self.spec.heads[0]).graph_spec()
-        out = self._graphs[graph.name].run(graph.feeds(image_embeds, text_embeds))
+        out = self._graphs[graph.name].run(head_feeds(graph, image_embeds, text_embeds))
         logits_name, probs_name = graph.output_names[:2]
         return out[logits_name], out[probs_name]
 
-    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
-                         ) -> dict[str, np.ndarray]:
+    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None,
+                         extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         graph = (self.spec.head(task) if task else self.spec.heads[0]).graph_spec()
-        return self._graphs[graph.name].run(graph.feeds(image_embeds, text_embeds))
+        return self._graphs[graph.name].run(head_feeds(graph, image_embeds, text_embeds, extra))
 
     def files(self) -> list[Path]:
         return sorted(set(self._paths.values()))

@@ -10,12 +10,13 @@ Calls on one component are serialised with a lock (an execution context is not t
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from crisis_tool.runtime.backends.base import Backend, reject_options
+from crisis_tool.runtime.backends.base import Backend, head_feeds, reject_options
 from crisis_tool.runtime.bundle import Bundle
 from crisis_tool.runtime.errors import BundleError, MissingDependencyError, UsageError
 from crisis_tool.runtime.file_guard import open_regular
@@ -227,7 +228,10 @@ class TensorRTBackend(Backend):
             _check(engine.cudart, engine.cudart.cudaDeviceSynchronize())
 
     def _run_one(self, spec: GraphSpec, *arrays: np.ndarray) -> list[np.ndarray]:
-        out = self.engines[spec.name].run(spec.feeds(*arrays))
+        return self._run_feeds(spec, spec.feeds(*arrays))
+
+    def _run_feeds(self, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        out = self.engines[spec.name].run(feeds)
         return [out[name].astype(np.float32, copy=False) for name in spec.output_names]
 
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -236,16 +240,21 @@ class TensorRTBackend(Backend):
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
         return self._run_one(TEXT_GRAPH, input_ids)[0]
 
+    def encode_text_outputs(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+        graph = self.spec.text_graph
+        return dict(zip(graph.output_names, self._run_one(graph, input_ids), strict=True))
+
     def run_head(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
-        head = self.spec.head(task) if task else self.spec.heads[0]
-        logits, probs = self._run_one(head.graph_spec(), image_embeds, text_embeds)[:2]
+        graph = (self.spec.head(task) if task else self.spec.heads[0]).graph_spec()
+        logits, probs = self._run_feeds(graph, head_feeds(graph, image_embeds, text_embeds))[:2]
         return logits, probs
 
-    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None
-                         ) -> dict[str, np.ndarray]:
+    def run_head_outputs(self, image_embeds: np.ndarray, text_embeds: np.ndarray, task: str | None = None,
+                         extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         graph = (self.spec.head(task) if task else self.spec.heads[0]).graph_spec()
-        return dict(zip(graph.output_names, self._run_one(graph, image_embeds, text_embeds), strict=True))
+        outputs = self._run_feeds(graph, head_feeds(graph, image_embeds, text_embeds, extra))
+        return dict(zip(graph.output_names, outputs, strict=True))
 
     def close(self) -> None:
         for engine in self.engines.values():

@@ -194,16 +194,15 @@ def test_the_fp32_reference_runs_each_graph_and_picks_the_head(monkeypatch: pyte
 
     calls: list[tuple[str, dict]] = []
 
+    from crisis_tool.runtime.model_spec import HeadSpec, ModelSpec
+
     def session_runner(path: str) -> Callable[[dict], list]:
         def run(feeds: dict) -> list:
             calls.append((path, feeds))
-            return [f"{path}:0", f"{path}:1", f"{path}:2"]
+            return [f"{path}:0", f"{path}:1"]
         return run
 
-    def head(name: str) -> SimpleNamespace:
-        return SimpleNamespace(graph_spec=lambda: SimpleNamespace(name=name, feeds=lambda a, b: {"a": a, "b": b}))
-
-    spec = SimpleNamespace(heads=[head("head_one"), head("head_two")], head=lambda task: head(f"head_{task}"))
+    spec = ModelSpec((HeadSpec("one", ("a", "b"), "head_one", "w1"), HeadSpec("two", ("a", "b"), "head_two", "w2")))
     monkeypatch.setattr(engine_parity, "session_runner", session_runner)
     paths = {IMAGE_GRAPH.name: "img", TEXT_GRAPH.name: "txt", "head_one": "h1", "head_two": "h2"}
     ref = engine_parity.OnnxReference(spec, paths)  # type: ignore[arg-type]
@@ -211,7 +210,8 @@ def test_the_fp32_reference_runs_each_graph_and_picks_the_head(monkeypatch: pyte
     assert ref.encode_image(pixels) == "img:0" and ref.encode_text(ids) == "txt:0"
     assert list(calls[0][1]) == list(IMAGE_GRAPH.feeds(pixels)) and calls[1][0] == "txt"
     assert ref.run_head("e1", "e2") == ("h1:0", "h1:1")  # no task: the first head; two outputs only
-    assert ref.run_head("e1", "e2", task="two") == ("h2:0", "h2:1") and calls[-1][1] == {"a": "e1", "b": "e2"}
+    assert ref.run_head("e1", "e2", task="two") == ("h2:0", "h2:1") and calls[-1][1] == {"image_embeds": "e1",
+                                                                                           "text_embeds": "e2"}
 
 
 def test_engine_gate_cases_read_the_bundle_tokenizer_and_default_spec(monkeypatch: pytest.MonkeyPatch,

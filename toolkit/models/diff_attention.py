@@ -73,6 +73,18 @@ class MultiheadDiffAttn(nn.Module):
         scores = torch.softmax((q * self.scaling) @ k.transpose(-1, -2), dim=-1)  # [B, h, 2, N, N]
         return scores[:, :, 0] - self.lambda_full() * scores[:, :, 1]
 
+    def weights_over(self, queries: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, L]: the differential attention that `queries` [B, N, E] pay to each of `keys` [B, L, E], through this
+        layer's own projections (softmax(Q1 K1^T) - lambda softmax(Q2 K2^T)), averaged over heads and queries.
+        Positions where `mask` [B, L] is 0 are left out of both softmaxes and get weight 0."""
+        q = self.q_proj(queries).unflatten(-1, (self.num_heads, 2, self.head_dim)).permute(0, 2, 3, 1, 4)
+        k = self.k_proj(keys).unflatten(-1, (self.num_heads, 2, self.head_dim)).permute(0, 2, 3, 1, 4)
+        scores = (q * self.scaling) @ k.transpose(-1, -2)  # [B, h, 2, N, L]
+        scores = scores + ((mask - 1.0) * 1e4)[:, None, None, None, :]  # exp(-1e4) is 0 in fp32
+        maps = torch.softmax(scores, dim=-1)
+        weights = (maps[:, :, 0] - self.lambda_full() * maps[:, :, 1]).mean(dim=(1, 2))  # [B, L]
+        return weights * mask
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, N, E] -> [B, N, E]."""
         bsz, n, _ = x.shape

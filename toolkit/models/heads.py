@@ -115,6 +115,29 @@ class GuidedFusionHead(nn.Module):
         total = norms.sum(dim=1, keepdim=True)
         return torch.where(total > 0, norms / total.clamp_min(1e-12), torch.full_like(norms, 0.5))
 
+    @property
+    def weighs_words(self) -> bool:
+        """True when the head has a (per-sample) Differential Attention whose map can weigh the post's words."""
+        return self.cfg.head == "guided-diff"
+
+    def token_weights(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, token_embeds: torch.Tensor,
+                      token_mask: torch.Tensor) -> torch.Tensor:
+        """[B, L]: how much the head's Differential Attention weighs each word of the post.
+
+        Each word's own CLIP feature (`token_embeds` [B, L, D], the text tower's output at that position through
+        the same final norm and projection as the pooled embedding) takes the text path of the guided cross
+        attention (front, projection, BN, ReLU, gated by the image); the DiffAttn's two query tokens (v, t) then
+        attend over these word tokens with the layer's own Q/K projections (`MultiheadDiffAttn.weights_over`).
+        An attribution read off the trained layer: the head itself sees the pooled text, not the words.
+        """
+        if not self.weighs_words:
+            raise ValueError(f"a {self.cfg.head!r} head has no Differential Attention to weigh words with")
+        queries = self.gated_tokens(image_embeds, text_embeds)  # [B, 2, d_proj]
+        alpha_e = torch.sigmoid(self.gate_from_image(self.image_front(image_embeds)))  # [B, d_proj]
+        words = self.proj_text(self.text_front(token_embeds))  # [B, L, d_proj]
+        words = F.relu(self.proj_text_bn(words.transpose(1, 2)).transpose(1, 2)) * alpha_e.unsqueeze(1)
+        return self.diff_attn.weights_over(queries, words, token_mask)  # type: ignore[union-attr]
+
     def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         tokens = self.gated_tokens(image_embeds, text_embeds)
         if self.cfg.head == "guided-diff":
