@@ -87,7 +87,8 @@ def test_text_component_real_lengths_and_fixed_77(tiny_bundle: Path) -> None:
     assert result["header"]["flops_note"] is None
     assert result["header"]["engine_peaks"]["onnxruntime"]["gflops"] > 0
     for r in (real, fixed):
-        assert r["status"] == "ok" and r["gflop_per_item"] > 0 and 0 < r["roofline_pct"] <= 100
+        # > 0 only: the share of a peak measured at another moment can pass 100% on a loaded machine
+        assert r["status"] == "ok" and r["gflop_per_item"] > 0 and r["roofline_pct"] > 0
         assert r["speedup_vs_torch"] is None
     # crisis-tiny text tower (width 64, 2 layers): 2 * (77 * 2 * 12 * 64^2 + 2 * 2 * 77^2 * 64) FLOPs at 77 tokens
     assert fixed["gflop_per_item"] == pytest.approx(2 * (77 * 2 * 12 * 64**2 + 2 * 2 * 77**2 * 64) / 1e9, rel=1e-3)
