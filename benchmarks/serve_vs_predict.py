@@ -2,19 +2,23 @@
 
 Command (from the repo root; any bundle, e.g. the crisis-tiny one `make demo` exports):
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_vs_predict.py --bundle BUNDLE --clients 8 --seconds 20
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_vs_predict.py --bundle BUNDLE --clients 8 --seconds 20 \
+        [--posts-per-request 1,8]
 
-It starts `crisis-tool serve --bundle BUNDLE` (a local Ray, 1 replica, loopback) as a subprocess, waits for
-`/readyz`, then measures exactly what `crisis-tool bench --bundle BUNDLE --serve URL --batch-sizes CLIENTS`
-measures (`runtime/bench/serve_load.py`): the in-process predict row, then the serve row with `--clients`
-threads posting one unique post per request for `--seconds`. It prints that table and the ratio of serve's
-posts/s to predict's (issue 22 asks for >= 0.9 at 8 clients), then stops the server (Ctrl-C, as a user would).
-Both rows run on the same machine at nearly the same time; on a shared machine say how loaded it was.
+It starts `crisis-tool serve --bundle BUNDLE` with its defaults (a local Ray, 1 replica, loopback) as a
+subprocess, waits for `/readyz`, then measures exactly what `crisis-tool bench --bundle BUNDLE --serve URL
+--batch-sizes CLIENTS` measures (`runtime/bench/serve_load.py`): the in-process predict row (the Predictor at
+its default batch size), then a serve row with `--clients` threads posting unique posts for `--seconds`, one
+row per `--posts-per-request` value (1: one post per request, the default of `bench --serve`). It prints that
+table and the ratio of serve's posts/s to predict's (issue 22 asks for >= 0.9 at 8 clients), and the load
+average before and after, then stops the server (Ctrl-C, as a user would). All rows run on the same machine
+at nearly the same time; on a shared machine say how loaded it was.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -55,32 +59,44 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=None, help="Intra-op threads of both sides (default all).")
-    parser.add_argument("--serve-args", default="", help="Extra `crisis-tool serve` options, e.g. '--max-batch 8'.")
+    parser.add_argument("--posts-per-request", default="1", help="Comma-separated; one serve row each.")
+    parser.add_argument("--serve-args", default="", help="Extra `crisis-tool serve` options, e.g. '--batch-size 8'.")
     args = parser.parse_args()
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     threads = ["--threads", str(args.threads)] if args.threads else []
+    per_request = [int(n) for n in args.posts_per_request.split(",")]
+    load_before = os.getloadavg()
     command = [sys.executable, "-m", "crisis_tool.cli", "serve", "--bundle", str(args.bundle), "--port", str(port),
                *threads, *args.serve_args.split()]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         ready_s = wait_ready(url, server, 300)
         records = generated_records()
-        rows = [predict_row(args.bundle, records, args.seconds, args.threads),
-                serve_row(url, records, args.clients, args.seconds, os.environ.get("CRISIS_SERVE_TOKEN"))]
+        with urllib.request.urlopen(f"{url}/v1/model", timeout=30) as response:
+            served_model = json.load(response)
+        rows = [predict_row(args.bundle, records, args.seconds, args.threads)]
+        rows += [serve_row(url, records, args.clients, args.seconds, os.environ.get("CRISIS_SERVE_TOKEN"), n)
+                 for n in per_request]
     finally:
         server.send_signal(signal.SIGINT)
         try:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
-    predict, served = rows
-    print(f"bundle {args.bundle}; {os.cpu_count()} CPUs; server ready after {ready_s:.1f} s; "
-          f"{args.seconds:g} s per row")
+    predict = rows[0]
+    load = " / ".join(f"{one:.1f}, {five:.1f}" for one, five, _ in (load_before, os.getloadavg()))
+    print(f"bundle {args.bundle}; {os.cpu_count()} CPUs; load average 1 min, 5 min (before / after): {load}; "
+          f"server ready after {ready_s:.1f} s; {args.seconds:g} s per row")
+    print(f"serve replica: backend {served_model['backend']}, {served_model['provider']}, "
+          f"{served_model['threads'] or 'default'} intra-op threads, batch size {served_model['batch_size']}; predict: "
+          f"the same bundle loaded as `crisis-tool predict` loads it (backend auto, batch size 32)")
     print(render(rows))
-    print(f"serve / predict posts/s at {args.clients} clients: {served.posts_per_s:.1f} / {predict.posts_per_s:.1f} "
-          f"= {served.posts_per_s / max(predict.posts_per_s, 1e-9):.2f}x; serve errors: {served.errors}")
+    for n, served in zip(per_request, rows[1:], strict=True):
+        print(f"serve / predict posts/s at {args.clients} clients, {n} post(s) per request: "
+              f"{served.posts_per_s:.1f} / {predict.posts_per_s:.1f} = "
+              f"{served.posts_per_s / max(predict.posts_per_s, 1e-9):.2f}x; serve errors: {served.errors}")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,22 @@
 """`crisis-tool bench --serve URL`: a bounded load generator against a running server, next to `predict`.
 
-Each row: `clients` threads post single-record requests to `URL/v1/predict` for `seconds` (each request
-bounded by a timeout), then report posts/s, p50/p99 latency, the server's mean model batch over the run
-(`GET /v1/stats` before and after) and errors (HTTP failures and records answered with an error). The
-reference row runs the same records through an in-process Predictor of the same bundle (what `predict`
-does), so the serving overhead is a measured ratio. Every post is made unique (a counter appended after the
-JPEG's end marker, which decoders ignore, and to the text), so neither side answers from its embedding caches:
-both decode and encode every post. Standard library HTTP only.
+Each row: `clients` threads post requests of `posts_per_request` records (1 by default: one post per request,
+the hardest case for a server) to `URL/v1/predict` for `seconds`, each thread over one kept-alive connection
+(`serve.client.ServeClient`, as a real client would; retries off, so failures are counted, not hidden), each
+request bounded by a timeout. It reports posts/s, p50/p99 request latency, the server's mean model batch over
+the run (`GET /v1/stats` before and after) and errors (HTTP failures and records answered with an error). The
+reference row runs the same records through an in-process Predictor of the same bundle at its default batch
+size (what `predict` does), so the serving overhead is a measured ratio. Every post is made unique (a counter
+appended after the JPEG's end marker, which decoders ignore, and to the text), so neither side answers from
+its embedding caches: both decode and encode every post. Standard library HTTP only.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,10 @@ from typing import Any
 import numpy as np
 
 from crisis_tool.runtime.errors import UsageError
+from crisis_tool.runtime.serve.client import ServeClient, ServerUnavailable
 
 REQUEST_TIMEOUT_S = 30.0
+PREDICT_ROUND = 4  # the predict row classifies 4 x the records per call, as `predict` streams a long file
 TEXTS = ("Flooding on Main St, cars under water #Harvey", "RT @FEMA: shelters open tonight at the high school",
          "power lines down across the highway", "bridge collapsed after the quake, roads closed",
          "donate now to help the families", "all good here, just heavy rain")
@@ -70,52 +71,51 @@ def generated_records(n: int = 64, seed: int = 0) -> list[dict[str, Any]]:
     return records
 
 
-def _request(url: str, body: bytes | None, token: str | None) -> Any:
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, body, headers)
-    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
-        return json.load(response)
-
-
 def server_stats(url: str, token: str | None) -> dict[str, float] | None:
     try:
-        return _request(f"{url}/v1/stats", None, token)
-    except (urllib.error.URLError, OSError, ValueError):
+        answer = ServeClient(url, token, timeout_s=REQUEST_TIMEOUT_S).request("GET", "/v1/stats")
+    except (ServerUnavailable, OSError):
         return None
+    return answer.body if answer.status == 200 and isinstance(answer.body, dict) else None
 
 
 def serve_row(url: str, records: list[dict[str, Any]], clients: int, seconds: float,
-              token: str | None = None) -> LoadRow:
-    """Post records (one per request) from `clients` threads for `seconds`; never runs past the deadline by
-    more than one request timeout."""
+              token: str | None = None, posts_per_request: int = 1) -> LoadRow:
+    """Post records (`posts_per_request` per request) from `clients` threads for `seconds`; never runs past
+    the deadline by more than one request timeout."""
     url = url.rstrip("/")
     try:
-        _request(f"{url}/readyz", None, None)
-    except (urllib.error.URLError, OSError) as exc:
-        raise UsageError(f"--serve {url}: no ready server there ({exc})") from None
+        ready = ServeClient(url, timeout_s=REQUEST_TIMEOUT_S).request("GET", "/readyz")
+    except (ServerUnavailable, OSError) as exc:
+        raise UsageError(f"--serve {url}: no server there ({exc})") from None
+    if ready.status != 200:
+        raise UsageError(f"--serve {url}: the server is not ready (GET /readyz: HTTP {ready.status})")
     before = server_stats(url, token)
     latencies: list[float] = []
-    errors = [0]
+    counts = [0, 0]  # posts answered or failed, errors
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
 
     def client(k: int) -> None:
-        i = k
+        session = ServeClient(url, token, timeout_s=REQUEST_TIMEOUT_S)
+        i = k * posts_per_request
         while time.monotonic() < deadline:
-            text, image = unique_post(records[i % len(records)], i)
-            body = json.dumps({"id": f"c{k}-{i}", "text": text,
-                               "image_b64": base64.b64encode(image).decode("ascii")}).encode()
+            posts = [unique_post(records[(i + j) % len(records)], i + j) for j in range(posts_per_request)]
+            body = [{"id": f"c{k}-{i + j}", "text": text, "image_b64": base64.b64encode(image).decode("ascii")}
+                    for j, (text, image) in enumerate(posts)]
             start = time.perf_counter()
             try:
-                failed = _request(f"{url}/v1/predict", body, token).get("error") is not None
-            except (urllib.error.URLError, OSError, ValueError):
-                failed = True
+                answer = session.post_json("/v1/predict", body)
+                ok = answer.status == 200 and isinstance(answer.body, list)
+                failed = posts_per_request if not ok else sum(a.get("error") is not None for a in answer.body)
+            except (ServerUnavailable, OSError):
+                failed = posts_per_request
             with lock:
                 latencies.append(time.perf_counter() - start)
-                errors[0] += failed
-            i += clients
+                counts[0] += posts_per_request
+                counts[1] += failed
+            i += clients * posts_per_request
+        session.close()
 
     start = time.perf_counter()
     threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
@@ -129,22 +129,24 @@ def serve_row(url: str, records: list[dict[str, Any]], clients: int, seconds: fl
     if before and after and after.get("batches", 0) > before.get("batches", 0):
         mean_batch = (after["batched_records"] - before["batched_records"]) / (after["batches"] - before["batches"])
     p50, p99 = (np.percentile(np.array(latencies) * 1000, [50, 99]) if latencies else (float("nan"),) * 2)
-    return LoadRow("serve (HTTP)", clients, len(latencies), elapsed, float(p50), float(p99), mean_batch, errors[0])
+    name = "serve (HTTP)" if posts_per_request == 1 else f"serve ({posts_per_request} per request)"
+    return LoadRow(name, clients, counts[0], elapsed, float(p50), float(p99), mean_batch, counts[1])
 
 
 def predict_row(bundle: Path, records: list[dict[str, Any]], seconds: float, threads: int | None) -> LoadRow:
-    """The same records through an in-process Predictor (as `predict`), repeated for about `seconds`."""
-    from crisis_tool.runtime.predictor import Predictor
+    """The same records through an in-process Predictor loaded as `predict` loads it (its defaults: `--backend
+    auto`, batch size 32), repeated for about `seconds`."""
+    from crisis_tool.runtime.predictor_options import PredictorOptions
     from crisis_tool.runtime.records import Record
 
-    with Predictor.from_bundle(bundle, threads=threads) as predictor:
+    with PredictorOptions(bundle=Path(bundle), threads=threads).load() as predictor:
         predictor.predict([Record("w", *unique_post(records[0], -1 % 2**63))])  # warm-up
         posts, errors, rounds = 0, 0, 0
         start = time.perf_counter()
         while time.perf_counter() - start < seconds or rounds == 0:
-            base = rounds * len(records)
-            answers = predictor.predict([Record(f"p{base + i}", *unique_post(r, base + i))
-                                         for i, r in enumerate(records)])
+            base = rounds * PREDICT_ROUND * len(records)  # a round: several batches, decode overlapping the model
+            answers = predictor.predict([Record(f"p{base + i}", *unique_post(records[i % len(records)], base + i))
+                                         for i in range(PREDICT_ROUND * len(records))])
             posts += len(answers)
             errors += sum(a.error is not None for a in answers)
             rounds += 1
@@ -168,7 +170,8 @@ def render(rows: list[LoadRow]) -> str:
     return "\n".join(lines)
 
 
-def run_serve_bench(url: str, bundle: Path, clients: tuple[int, ...], seconds: float, threads: int | None) -> str:
+def run_serve_bench(url: str, bundle: Path, clients: tuple[int, ...], seconds: float, threads: int | None,
+                    posts_per_request: int = 1) -> str:
     """`bench --serve`: the predict row, then one serve row per client count; the rendered table."""
     import os
 
@@ -177,5 +180,5 @@ def run_serve_bench(url: str, bundle: Path, clients: tuple[int, ...], seconds: f
     records = generated_records()
     token = os.environ.get("CRISIS_SERVE_TOKEN")
     rows = [predict_row(bundle, records, seconds, threads)]
-    rows += [serve_row(url, records, c, seconds, token) for c in clients]
+    rows += [serve_row(url, records, c, seconds, token, posts_per_request) for c in clients]
     return f"bench --serve {url}: {seconds:g} s per row, unique posts (no cache hits)\n" + render(rows)

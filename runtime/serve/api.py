@@ -145,7 +145,7 @@ def build_api(service: ServiceCore, observe: Any = None) -> FastAPI:
         return service.model_info
 
     @app.get("/v1/stats", summary="This replica's totals: requests, records, batches, uploads, memory")
-    async def stats() -> dict[str, float]:
+    async def stats() -> dict[str, Any]:
         return service.stats()
 
     @app.post("/v1/predict", summary="Classify one record or a list of records", openapi_extra=_PREDICT_BODY)

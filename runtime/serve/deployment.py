@@ -1,5 +1,6 @@
 """The Ray Serve deployment: FastAPI (`api.build_api`) as the ingress, one Predictor per replica, records from
-all requests batched by `@serve.batch`.
+all requests gathered into model batches by `batcher.RecordBatcher` (formed when the model is free, unlike
+`@serve.batch`, which cuts records arriving a few milliseconds apart into many small batches).
 
 Draining: the driver sets a flag in Ray's key-value store (`set_draining`); every replica polls it and then
 answers 503 with Retry-After instead of taking new work, while the requests in flight finish.
@@ -10,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 from ray import serve
 from ray.serve import Application
 
 from crisis_tool.runtime.records import Record, RecordError
 from crisis_tool.runtime.serve.api import build_api
+from crisis_tool.runtime.serve.batcher import RecordBatcher
 from crisis_tool.runtime.serve.metrics import ServeMetrics
 from crisis_tool.runtime.serve.options import PredictorOptions, ServeOptions
 from crisis_tool.runtime.serve.service import ServiceCore, warmup_record
@@ -49,9 +51,9 @@ class PredictorServer(ServiceCore):
     def __init__(self, predictor_options: PredictorOptions, serve_options: ServeOptions) -> None:
         super().__init__(predictor_options, serve_options)
         self.metrics = ServeMetrics()
-        batcher = cast(Any, self._predict_batch)  # @serve.batch adds these setters; its typing does not say so
-        batcher.set_max_batch_size(serve_options.batch_size)
-        batcher.set_batch_wait_timeout_s(serve_options.batch_wait_ms / 1000.0)
+        self.batcher: RecordBatcher[Record, Any] = RecordBatcher(self._predict_batch, serve_options.batch_size,
+                                                                 serve_options.batch_wait_ms / 1000.0)
+        self.model_info["node_id"] = replica_node_id()  # which Ray node answers: for operators and tests
         self.warm_up()
         self._drain_watch: asyncio.Task | None = None
 
@@ -74,9 +76,10 @@ class PredictorServer(ServiceCore):
             self.draining = value == b"1"
             await asyncio.sleep(DRAIN_POLL_S)
 
-    def stats(self) -> dict[str, float]:
-        """This replica's totals: requests, records, record errors, batches, mean batch, uploads, memory."""
-        return {**self.metrics.stats.to_dict(), **self.guard_stats()}
+    def stats(self) -> dict[str, Any]:
+        """This replica's totals (requests, records, record errors, batches, mean batch, uploads, memory) and
+        the Ray node it runs on."""
+        return {**self.metrics.stats.to_dict(), **self.guard_stats(), "node_id": self.model_info["node_id"]}
 
     async def predict_records(self, items: list[Record | RecordError]) -> list[Any]:
         return list(await asyncio.gather(*(self._answer(item) for item in items)))
@@ -85,14 +88,20 @@ class PredictorServer(ServiceCore):
         if isinstance(item, RecordError):
             self.metrics.rejected_records(1)
             return failed_prediction(item.id, item.error)
-        return await self._predict_batch(item)
+        return await self.batcher.submit(item)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def _predict_batch(self, records: list[Record]) -> list[Any]:
         predictions = await asyncio.to_thread(self.predictor.predict, records)
         self.metrics.batch(len(predictions), sum(p.error is not None for p in predictions))
         self.trimmer.maybe_trim()
         return predictions
+
+
+def replica_node_id() -> str | None:
+    """The Ray node id this replica runs on (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 PredictorDeployment = serve.deployment(name=DEPLOYMENT_NAME)(serve.ingress()(PredictorServer))

@@ -29,7 +29,7 @@ class LocalService(ServiceCore):
         self.trimmer.maybe_trim()
         return predictions
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> dict[str, Any]:
         return {"batches": self.batches, "batched_records": self.batched_records, **self.guard_stats()}
 
 

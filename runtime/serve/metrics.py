@@ -5,7 +5,7 @@ Ray Serve's own `ray_serve_*` metrics:
 
 * `crisis_serve_requests` (counter; tags route, status): HTTP requests answered by a replica.
 * `crisis_serve_request_latency_s` (histogram; tag route): time from request to answer inside the replica.
-* `crisis_serve_batch_size` (histogram): records per model batch formed by `@serve.batch`.
+* `crisis_serve_batch_size` (histogram): records per model batch (`batcher.RecordBatcher`).
 * `crisis_serve_records` (counter): records classified (including failed ones).
 * `crisis_serve_record_errors` (counter): records answered with a per-record error.
 

@@ -13,6 +13,7 @@ __all__ = ["LOOPBACK", "OUTPUT_FORMATS", "LabelOptions", "PredictorOptions", "Se
 
 LOOPBACK = "127.0.0.1"
 OUTPUT_FORMATS = ("jsonl", "parquet")
+PROXY_LOCATIONS = ("EveryNode", "HeadOnly")
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,13 @@ class ServeOptions:
     host: str = LOOPBACK
     port: int = 8000
     address: str | None = None  # join this Ray cluster instead of starting a local one
+    proxy_location: str = "EveryNode"  # Ray Serve's HTTP proxies: every node with a replica, or the head only
     replicas: int = 1
     min_replicas: int | None = None  # both bounds set: autoscaling instead of a fixed count
     max_replicas: int | None = None
     gpus_per_replica: float = 0.0
     cpus_per_replica: float = 1.0
-    batch_size: int = 16  # records per model batch, gathered across requests (Ray Serve batching)
+    batch_size: int = 16  # records per model batch, gathered across requests (batcher.RecordBatcher)
     batch_wait_ms: float = 10.0
     # per replica; a request whose body is still arriving holds one, so this stays above max_uploads_total
     max_ongoing_requests: int = 512
@@ -53,6 +55,9 @@ class ServeOptions:
 
     def validate(self) -> None:
         """UsageError for inconsistent values (Typer checks the single-value bounds)."""
+        if self.proxy_location not in PROXY_LOCATIONS:
+            raise UsageError(f"--proxy-location must be one of {', '.join(PROXY_LOCATIONS)}, "
+                             f"not {self.proxy_location!r}")
         if (self.min_replicas is None) != (self.max_replicas is None):
             raise UsageError("--min-replicas and --max-replicas go together (autoscaling bounds)")
         if self.min_replicas is not None and self.max_replicas is not None and not (

@@ -1,6 +1,8 @@
 """Starting and stopping the HTTP service: Ray Serve's proxy on `host:port` (HTTPS with --tls-cert/--tls-key)
 in front of the deployment. Stopping drains first: the replicas answer 503 + Retry-After to new requests while
-those in flight finish (at most `drain_s`), then the application is deleted."""
+those in flight finish (at most `drain_s`), then the application is deleted, and Serve itself (controller and
+proxies) is shut down when this process started it: always with a local Ray, and on a cluster (`--address`)
+where no Serve ran before, so a stopped `serve --address` leaves nothing of its own behind."""
 
 from __future__ import annotations
 
@@ -23,11 +25,16 @@ class RunningServer:
 
     url: str
     app_name: str
+    started_serve: bool = True  # this process started Serve's controller (and so shuts it down)
 
 
 def check_port_free(host: str, port: int) -> None:
-    """UsageError when `host:port` cannot be bound here (in use, or not an address of this machine)."""
+    """UsageError when `host:port` cannot be bound here (in use, or not an address of this machine).
+
+    SO_REUSEADDR as the server's own socket (uvicorn) sets it: connections of a stopped server still in
+    TIME_WAIT do not block a restart on the same port; a socket listening there does."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -43,12 +50,56 @@ def start_server(predictor_options: PredictorOptions, serve_options: ServeOption
     http_options: dict[str, object] = {"host": serve_options.host, "port": serve_options.port}
     if serve_options.tls_cert is not None:
         http_options.update(ssl_certfile=str(serve_options.tls_cert), ssl_keyfile=str(serve_options.tls_key))
-    serve.start(http_options=http_options, logging_config={"log_level": "WARNING", "enable_access_log": False})
+    started_serve = not serve_running()
+    serve.start(proxy_location=serve_options.proxy_location, http_options=http_options,
+                logging_config={"log_level": "WARNING", "enable_access_log": False},
+                controller_options=controller_options(serve_options))
     set_draining(serve_options.app_name, False)  # a restart on the same cluster starts undrained
     serve.run(build_app(predictor_options, serve_options), name=serve_options.app_name, route_prefix="/",
               blocking=False)
     host = f"[{serve_options.host}]" if ":" in serve_options.host else serve_options.host
-    return RunningServer(f"{serve_options.scheme}://{host}:{serve_options.port}", serve_options.app_name)
+    return RunningServer(f"{serve_options.scheme}://{host}:{serve_options.port}", serve_options.app_name,
+                         started_serve)
+
+
+def controller_options(serve_options: ServeOptions) -> dict[str, object] | None:
+    """With one proxy (HeadOnly), turn off Ray Serve's preference for replicas on the proxy's own node: it
+    sends every request to the head's replica while that one has a free slot (up to --max-ongoing-requests),
+    and the other nodes' replicas would sit idle. The proxies inherit the controller's environment."""
+    if serve_options.proxy_location != "HeadOnly":
+        return None  # a proxy per node, behind a load balancer: each prefers its own node's replicas
+    return {"runtime_env": {"env_vars": {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}}}
+
+
+def stop_serve() -> None:
+    """Stop the Serve this process started, after the drain, without a moment of 404s.
+
+    `serve.shutdown()` (and `serve.delete`) first empties the proxies' route table, and a request arriving
+    then gets 404, which clients rightly do not retry. So Serve's actors are ended directly instead: the
+    controller first (nothing restarts the others), then the proxies (new connections are refused, which
+    clients retry), then the replicas, whose requests finished during the drain.
+    """
+    import ray
+    from ray import serve
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "serve"]
+    for name in sorted(names, key=lambda n: (not n.startswith("SERVE_CONTROLLER"), not n.startswith("SERVE_PROXY"))):
+        try:
+            ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        except ValueError:  # already gone
+            pass
+    serve.context._set_global_client(None)  # this process's handle to the controller it ended
+
+
+def serve_running() -> bool:
+    """True when Serve's controller already runs on the connected Ray cluster."""
+    import ray
+
+    try:
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")  # ray.serve._private.constants' names
+    except ValueError:
+        return False
+    return True
 
 
 def drain(serve_options: ServeOptions) -> None:
@@ -107,8 +158,9 @@ def serve_until_stopped(
             pass
         finally:
             drain(serve_options)
-            serve.delete(server.app_name)
-            if not serve_options.address:
-                serve.shutdown()
+            if not serve_options.address or server.started_serve:
+                stop_serve()
+            else:  # a Serve that other applications share keeps running (its proxy answers 404 for our routes)
+                serve.delete(server.app_name)
             if in_main:
                 signal.signal(signal.SIGTERM, previous)

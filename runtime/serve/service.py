@@ -1,7 +1,7 @@
 """What one serving process holds behind its HTTP routes: the Predictor, limits, state and totals.
 
 `ServiceCore` is shared by the Ray Serve replica (`deployment.PredictorServer`, which batches records across
-requests with `@serve.batch`) and the plain in-process server (`local_server`); subclasses provide
+requests with `batcher.RecordBatcher`) and the plain in-process server (`local_server`); subclasses provide
 `predict_records`. Nothing here imports Ray.
 """
 
@@ -94,6 +94,7 @@ class ServiceCore:
             "precision": engine.precision,
             "provider": engine.provider,
             "batch_size": serve_options.batch_size,
+            "threads": predictor_options.threads,  # intra-op threads (None: the backend's default)
             "decode": self.predictor.decode_mode,
             "max_image_bytes": self.predictor.image_limits.max_bytes,
             "max_image_pixels": serve_options.max_image_pixels,
@@ -114,7 +115,7 @@ class ServiceCore:
         """One Prediction per item, in order (subclasses batch them)."""
         raise NotImplementedError
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> dict[str, Any]:
         """Totals of this process (subclasses add their batching totals)."""
         return self.guard_stats()
 

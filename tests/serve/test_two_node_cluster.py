@@ -1,6 +1,8 @@
 """A real two-node Ray cluster on loopback: `ray start --head` and a second `ray start --address` worker node
-with its own resources, each its own processes. `crisis-tool label --address` runs on it, work lands on both
-nodes (node ids read back from Ray), and killing the worker node mid-`label` loses no record and repeats none.
+with its own resources, each its own processes. `crisis-tool serve --address` runs on it with a replica on each
+node, both answer (node ids read back from Ray by each replica), and stopping it leaves no Serve actor behind.
+`crisis-tool label --address` runs on it, work lands on both nodes, and killing the worker node mid-`label`
+loses no record and repeats none (that test runs last: it ends the worker node).
 
 Everything listens on 127.0.0.1 only: Ray's "local only" switch (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) makes
 every node's address 127.0.0.1, and the worker's `ray start` runs with that switch seen as on by its one
@@ -19,12 +21,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from serve_helpers import free_port
+from serve_helpers import b64, free_port, png_bytes
 
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
 pytestmark = pytest.mark.skipif(RAY is None, reason="the `ray` command is not installed (pip install "
@@ -105,6 +110,87 @@ def cluster_nodes(env: dict[str, str]) -> dict[str, bool]:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def serve_actors(env: dict[str, str]) -> list[str]:
+    """Names of the live named actors in Serve's namespace (controller, proxies, replicas), read from Ray."""
+    code = (f"import json, ray; ray.init(address={env['CT_ADDRESS']!r}, logging_level='ERROR'); "
+            "print(json.dumps([a['name'] for a in ray.util.list_named_actors(all_namespaces=True) "
+            "if a['namespace'] == 'serve']))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def get_json(url: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"} if data else {})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
+def test_serve_runs_a_replica_on_each_node_and_stops_cleanly(cluster: dict[str, str], tiny_bundle: Path,
+                                                             tmp_path: Path) -> None:
+    from crisis_tool.runtime.predictor import Predictor
+    from crisis_tool.runtime.records import Record
+    from crisis_tool.runtime.writers import prediction_to_dict
+
+    nodes = cluster_nodes(cluster)
+    assert len(nodes) == 2 and not serve_actors(cluster)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "serve.log").open("w+")
+    # 2 CPUs per replica: a node (3 CPUs) holds one, so Ray places one replica on each node; the one proxy
+    # listens on the head (on loopback both nodes would want the same port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crisis_tool.cli", "serve", "--bundle", str(tiny_bundle), "--port", str(port),
+         "--address", cluster["CT_ADDRESS"], "--replicas", "2", "--cpus-per-replica", "2", "--threads", "1",
+         "--proxy-location", "HeadOnly", "--drain-s", "2"], env=cluster, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "serve --address did not become ready"
+            try:
+                if get_json(f"{url}/readyz")["status"] == "ready":
+                    break
+            except OSError:
+                time.sleep(1)
+        records = [{"id": f"r{i}", "text": f"roads flooded {i}", "image_b64": b64(png_bytes(i))} for i in range(48)]
+        answers: dict[int, Any] = {}
+
+        def client(k: int) -> None:
+            for i in range(k, len(records), 6):
+                answers[i] = get_json(f"{url}/v1/predict", records[i])
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=240)
+        batched: dict[str, float] = {}  # records each replica's model classified, by its node
+        for _ in range(200):
+            stats = get_json(f"{url}/v1/stats")
+            batched[stats["node_id"]] = stats["batched_records"]
+            if len(batched) == 2:
+                break
+        assert set(batched) == set(nodes) and all(count > 0 for count in batched.values()), batched
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, (tmp_path / "serve.log").read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        log.close()
+    with Predictor.from_bundle(tiny_bundle, threads=1) as predictor:
+        alone = [prediction_to_dict(predictor.predict([Record(r["id"], r["text"], png_bytes(i))])[0])
+                 for i, r in enumerate(records)]
+    assert sorted(answers) == list(range(len(records)))
+    for i, want in enumerate(alone):
+        assert (answers[i]["id"], answers[i]["label"], answers[i]["error"]) == (want["id"], want["label"], None)
+        assert answers[i]["probs"] == pytest.approx(want["probs"], abs=1e-5)
+    assert serve_actors(cluster) == []  # controller, proxy and replicas: all stopped
 
 
 def make_inputs(root: Path) -> list[str]:

@@ -61,6 +61,8 @@ def register(app: typer.Typer) -> None:
         pubkey: Path | None = PUBKEY,
         address: str | None = ADDRESS,
         host: str = typer.Option(_SERVE.host, "--host", help="Address to listen on (loopback unless you say so)."),
+        proxy_location: str = typer.Option(_SERVE.proxy_location, "--proxy-location", help="Ray Serve's HTTP "
+                                           "proxies: EveryNode (each node with a replica) or HeadOnly."),
         port: int = typer.Option(_SERVE.port, "--port", min=1, max=65535, help="HTTP port."),
         replicas: int = typer.Option(_SERVE.replicas, "--replicas", min=1, help="Replicas (each one Predictor)."),
         min_replicas: int | None = typer.Option(None, "--min-replicas", min=0, help="Autoscaling lower bound."),
@@ -103,8 +105,9 @@ def register(app: typer.Typer) -> None:
 
         _check_bundle_arg(bundle)
         options = ServeOptions(
-            host=host, port=port, address=address, replicas=replicas, min_replicas=min_replicas,
-            max_replicas=max_replicas, gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
+            host=host, port=port, address=address, proxy_location=proxy_location, replicas=replicas,
+            min_replicas=min_replicas, max_replicas=max_replicas, gpus_per_replica=gpus_per_replica,
+            cpus_per_replica=cpus_per_replica,
             batch_size=deprecated_alias(batch_size, max_batch, "--max-batch", "--batch-size", unset=_SERVE.batch_size),
             batch_wait_ms=batch_wait_ms, max_ongoing_requests=max_ongoing_requests,
             max_body_bytes=max_body_bytes, max_records=max_records, body_timeout_s=body_timeout_s,

@@ -1,0 +1,84 @@
+"""`serve.client.ServeClient` against a scripted local HTTP server (no Ray): it waits what Retry-After says,
+retries refused connections, stops retrying at its budget, and never retries a real answer."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from serve_helpers import free_port
+
+from crisis_tool.runtime.serve.client import MAX_RETRY_AFTER_S, ServeClient, ServerUnavailable, retry_after_s
+
+
+class Scripted(BaseHTTPRequestHandler):
+    """Answers POSTs with the statuses in `script` (then 200), with `Retry-After: 3` on 503."""
+
+    script: list[int] = []
+    seen = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).seen += 1
+        status = type(self).script.pop(0) if type(self).script else 200
+        body = json.dumps({"error": "draining"} if status != 200 else {"ok": True}).encode()
+        self.send_response(status)
+        if status == 503:
+            self.send_header("Retry-After", "3")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def server() -> Iterator[str]:
+    Scripted.script, Scripted.seen = [], 0
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_503_is_retried_after_its_retry_after(server: str) -> None:
+    Scripted.script = [503, 503]
+    waits: list[float] = []
+    client = ServeClient(server, retry_for_s=60, sleep=waits.append)
+    answer = client.post_json("/v1/predict", {"id": "1"})
+    assert (answer.status, answer.body, Scripted.seen) == (200, {"ok": True}, 3)
+    assert waits == [3.0, 3.0] and client.retries == {"503": 2}
+
+
+def test_retries_stop_at_the_budget_and_other_statuses_are_answers(server: str) -> None:
+    Scripted.script = [503, 503, 503]
+    client = ServeClient(server, retry_for_s=4, sleep=lambda s: None)
+    answer = client.post_json("/v1/predict", {})
+    assert answer.status == 503 and Scripted.seen == 2  # a second wait of 3 s would pass the 4 s budget
+    Scripted.script, Scripted.seen = [400], 0
+    assert client.post_json("/v1/predict", {}).status == 400 and Scripted.seen == 1  # never retried
+    Scripted.script, Scripted.seen = [503], 0
+    assert ServeClient(server).post_json("/v1/predict", {}).status == 503 and Scripted.seen == 1  # budget 0
+
+
+def test_refused_connections_are_retried_then_reported() -> None:
+    waits: list[float] = []
+    client = ServeClient(f"http://127.0.0.1:{free_port()}", retry_for_s=3.5, sleep=waits.append)
+    with pytest.raises(ServerUnavailable) as caught:
+        client.request("GET", "/readyz")
+    assert caught.value.status == 0 and "ConnectionRefusedError" in caught.value.reason
+    assert waits == [0.2, 0.4, 0.8, 1.6] and client.retries == {"connection": 4}  # backoff, within 3.5 s
+
+
+def test_retry_after_header() -> None:
+    assert retry_after_s({"retry-after": "5"}, 1.0) == 5.0
+    assert retry_after_s({"retry-after": "100000"}, 1.0) == MAX_RETRY_AFTER_S
+    assert retry_after_s({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 1.5) == 1.5
+    assert retry_after_s({}, 0.7) == 0.7
