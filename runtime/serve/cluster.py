@@ -18,10 +18,28 @@ LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 BACKEND_LOG_LEVEL_ENV = "RAY_BACKEND_LOG_LEVEL"
 
 
+class _ErrorsOnly(logging.Filter):
+    """Drops records below ERROR: kept on the logger, so it holds when Ray resets the logger's level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+_ERRORS_ONLY = _ErrorsOnly()
+
+
 def set_library_log_level(verbose: bool) -> None:
-    """Ray Data and Ray Serve log INFO (verbose) or only errors; call again after Ray Data is first used."""
+    """Ray Data and Ray Serve log INFO (verbose) or only errors; call again after Ray Data is first used.
+
+    Quiet, a filter also drops their notes when Ray sets the level back to INFO (`serve.start` does: "Started
+    Serve", "New http_options will not be applied")."""
     for name in ("ray.data", "ray.serve"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO if verbose else logging.ERROR)
+        if verbose:
+            logger.removeFilter(_ERRORS_ONLY)
+        else:
+            logger.addFilter(_ERRORS_ONLY)
 
 
 @contextmanager

@@ -6,6 +6,7 @@ where no Serve ran before, so a stopped `serve --address` leaves nothing of its 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import sys
@@ -13,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from crisis_tool.runtime.errors import UsageError
 from crisis_tool.runtime.serve.cluster import ray_session, require_ray
@@ -82,6 +84,8 @@ def stop_serve() -> None:
     import ray
     from ray import serve
 
+    with contextlib.suppress(Exception):  # the drain's handles long-poll the controller: stop them first
+        serve.context._get_global_client().shutdown_cached_handles()
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "serve"]
     for name in sorted(names, key=lambda n: (not n.startswith("SERVE_CONTROLLER"), not n.startswith("SERVE_PROXY"))):
         try:
@@ -112,6 +116,14 @@ def drain(serve_options: ServeOptions) -> None:
     deadline = time.monotonic() + serve_options.drain_s
     handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=serve_options.app_name)
     time.sleep(2 * DRAIN_POLL_S)  # every replica has read the flag
+    try:
+        _wait_in_flight(handle, deadline)
+    finally:
+        with contextlib.suppress(Exception):
+            handle.shutdown()  # its router long-polls the controller, which stop_serve ends
+
+
+def _wait_in_flight(handle: Any, deadline: float) -> None:
     while time.monotonic() < deadline:
         try:
             stats = handle.stats.remote().result(timeout_s=max(0.1, deadline - time.monotonic()))
