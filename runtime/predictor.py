@@ -52,7 +52,7 @@ from crisis_tool.runtime.tokenizer import ClipTokenizer
 from crisis_tool.runtime.triage.grouping import NearDuplicateGrouper
 from crisis_tool.runtime.triage.image_hash import image_hash_of
 from crisis_tool.runtime.triage.text_key import text_key
-from crisis_tool.runtime.word_weights import Words, padded_words, top_words
+from crisis_tool.runtime.word_weights import WORD_CACHE_SIZE, Words, padded_words, top_words
 
 __all__ = ["TIMING_KEYS", "Prediction", "Predictor", "TaskPrediction", "calibrated_probs", "task_prediction"]
 
@@ -107,7 +107,7 @@ class Predictor:
         self.image_hashes = EmbeddingCache(cache_size)
         self.text_cache = EmbeddingCache(cache_size)
         self.weighs_words = any(h.explain_tokens for h in self.heads)  # --explain heads that weigh words
-        self.word_cache: EmbeddingCache = EmbeddingCache(cache_size if self.weighs_words else 0)
+        self.word_cache: EmbeddingCache = EmbeddingCache(min(cache_size, WORD_CACHE_SIZE) if self.weighs_words else 0)
         self._pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1),
                                         thread_name_prefix="crisis-decode")
         self._lock = threading.Lock()
@@ -409,8 +409,8 @@ class Predictor:
                     self.text_cache.put(missing_keys[row], emb)
                     if self.weighs_words:
                         size = int(lengths[row])
-                        entry = Words(chunk[n, :size], outputs["text_token_embeds"][n, :size],
-                                      outputs["token_mask"][n, :size])
+                        entry = Words(chunk[n, :size].copy(), outputs["text_token_embeds"][n, :size].copy(),
+                                      outputs["token_mask"][n, :size].copy())  # copies: the chunk can go
                         found_words[missing_keys[row]] = entry
                         self.word_cache.put(missing_keys[row], entry)  # type: ignore[arg-type]
         if words is not None and self.weighs_words:

@@ -16,6 +16,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 TOP_WORDS = 5  # words listed per post and head
+WORD_CACHE_SIZE = 256  # texts whose Words the Predictor keeps: up to 77 x D floats each (~40 MB at D = 512)
 
 
 class Words(NamedTuple):

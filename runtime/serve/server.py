@@ -85,7 +85,9 @@ def stop_serve() -> None:
     from ray import serve
 
     with contextlib.suppress(Exception):  # the drain's handles long-poll the controller: stop them first
-        serve.context._get_global_client().shutdown_cached_handles()
+        client = serve.context._get_global_client()
+        if client is not None:
+            client.shutdown_cached_handles()
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "serve"]
     for name in sorted(names, key=lambda n: (not n.startswith("SERVE_CONTROLLER"), not n.startswith("SERVE_PROXY"))):
         try:
