@@ -259,3 +259,27 @@ def test_bundle_gate_cases_run_the_fp32_reference_on_the_gate_batches(monkeypatc
     assert got == (data, [("case", ("ref", "MODEL", {"g": "p"}), ["b1", "b2"], "MODEL")])
     assert seen == {"preprocess": {"p": 1}, "tokenizer": "TOK", "text_source": "tweet", "max_batch": 6,
                     "batches": [1, 6]}
+
+
+def test_the_fp32_reference_gives_every_output_by_name_for_heads_that_weigh_words(monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    """A bundle whose heads weigh words (--explain): the text encoder's three outputs and the head's four, by
+    name; a graph answering another number of outputs than its spec declares is an error, not a silent cut."""
+    import numpy as np
+
+    from crisis_tool.runtime.model_spec import IMAGE_GRAPH, TEXT_GRAPH, HeadSpec, ModelSpec
+
+    answers = {"txt": ["e", "tok", "mask"], "h1": ["l", "p", "share", "w"]}
+    monkeypatch.setattr(engine_parity, "session_runner", lambda path: lambda feeds: list(answers[path]))
+    spec = ModelSpec((HeadSpec("one", ("a", "b"), "head_one", "w1", explain=True, explain_tokens=True),))
+    ref = engine_parity.OnnxReference(spec, {IMAGE_GRAPH.name: "img", TEXT_GRAPH.name: "txt", "head_one": "h1"})
+    ids = np.zeros((1, 5), np.int64)
+    assert ref.encode_text_outputs(ids) == {"text_embeds": "e", "text_token_embeds": "tok", "token_mask": "mask"}
+    embeds = np.zeros((1, 4), np.float32)
+    assert ref.run_head_outputs(embeds, embeds, "one") == {"logits": "l", "probs": "p", "modality_share": "share",
+                                                           "token_weights": "w"}
+    answers["txt"], answers["h1"] = ["e", "tok"], ["l", "p", "share"]
+    with pytest.raises(ValueError):
+        ref.encode_text_outputs(ids)
+    with pytest.raises(ValueError):
+        ref.run_head_outputs(embeds, embeds, "one")
