@@ -16,11 +16,11 @@ script end to end in a minute (its numbers mean nothing).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,31 +29,25 @@ from crisis_tool.runtime.manifest import MANIFEST_NAME
 from crisis_tool.runtime.predictor import Predictor
 
 
-def _three_head_run(run_dir: Path, clip_model: str) -> Path:
+def _multitask_module() -> Any:
+    """benchmarks/multitask_vs_single.py (its three-head run and options; benchmarks/ is not a package)."""
     spec = importlib.util.spec_from_file_location("multitask_vs_single", Path(__file__).with_name(
         "multitask_vs_single.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.save_three_head_run(run_dir, clip_model)
+    return module
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/crisis-explain"))
-    parser.add_argument("--clip-model", default="ViT-B-32")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--backend", default="onnxruntime")
-    args = parser.parse_args()
+    multitask = _multitask_module()
+    args, work = multitask.interleaved_args(__doc__, "/tmp/crisis-explain")
 
     from crisis_tool.cli import run
 
-    work = args.workdir / args.clip_model
-    work.mkdir(parents=True, exist_ok=True)
     run_dir = work / "run"
     if not (run_dir / "config.json").is_file():
-        _three_head_run(run_dir, args.clip_model)
+        multitask.save_three_head_run(run_dir, args.clip_model)
     bundles = {"plain": work / "bundle-plain", "explain": work / "bundle-explain"}
     for name, path in bundles.items():
         if not (path / MANIFEST_NAME).is_file():

@@ -86,19 +86,26 @@ def one_head_bundle(three: Path, task: str, out: Path) -> Path:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/crisis-multitask"))
+def interleaved_args(doc: str, workdir: str) -> tuple[argparse.Namespace, Path]:
+    """The options of an interleaved three-head comparison (this one and `explain_cost.py`) and its work folder
+    (`--workdir`/`--clip-model`, created)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path(workdir))
     parser.add_argument("--clip-model", default="ViT-B-32")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--backend", default="onnxruntime")
     args = parser.parse_args()
+    work = args.workdir / args.clip_model
+    work.mkdir(parents=True, exist_ok=True)
+    return args, work
+
+
+def main() -> None:
+    args, work = interleaved_args(__doc__, "/tmp/crisis-multitask")
 
     from crisis_tool.cli import run
 
-    work = args.workdir / args.clip_model
-    work.mkdir(parents=True, exist_ok=True)
     three = work / "bundle-three"
     if not (three / MANIFEST_NAME).is_file():
         run_dir = save_three_head_run(work / "run", args.clip_model)
