@@ -24,6 +24,11 @@ RETRY_STATUSES = (429, 503)
 MAX_RETRY_AFTER_S = 30.0  # a larger Retry-After is waited this long at most
 FIRST_PAUSE_S = 0.2  # after a connection failure; doubles up to MAX_PAUSE_S
 MAX_PAUSE_S = 2.0
+MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a server's answer is read up to this size; a larger one is an error
+
+
+class AnswerTooLarge(Exception):
+    """The server sent more than MAX_ANSWER_BYTES (not retried: a server that does it once does it again)."""
 
 
 class ServerUnavailable(Exception):
@@ -114,7 +119,10 @@ class ServeClient:
         conn = self._connection()
         conn.request(method, path, body, headers)
         response = conn.getresponse()
-        raw = response.read()
+        raw = response.read(MAX_ANSWER_BYTES + 1)  # bounded: whatever the server says its length is
+        if len(raw) > MAX_ANSWER_BYTES:
+            self.close()
+            raise AnswerTooLarge(f"the server's answer to {method} {path} is larger than {MAX_ANSWER_BYTES} bytes")
         answer_headers = {k.lower(): v for k, v in response.getheaders()}
         if answer_headers.get("connection", "").lower() == "close":
             self.close()

@@ -82,3 +82,47 @@ def test_retry_after_header() -> None:
     assert retry_after_s({"retry-after": "100000"}, 1.0) == MAX_RETRY_AFTER_S
     assert retry_after_s({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 1.5) == 1.5
     assert retry_after_s({}, 0.7) == 0.7
+
+
+ENDLESS_ANSWER = r'''
+import resource, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from crisis_tool.runtime.serve.client import AnswerTooLarge, ServeClient
+
+class Endless(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", str(10**12))  # says 1 TB, and keeps sending
+        self.end_headers()
+        try:
+            while True:
+                self.wfile.write(b"x" * 65536)
+        except OSError:
+            pass
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+with open("/proc/self/statm") as fh:
+    size = int(fh.read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (size + 512 * 2**20, size + 512 * 2**20))
+try:
+    ServeClient(f"http://127.0.0.1:{server.server_address[1]}").post_json("/v1/predict", {"id": "a"})
+except AnswerTooLarge as exc:
+    print("refused:", exc)
+    sys.exit(0)
+sys.exit(1)
+'''
+
+
+def test_an_endless_answer_is_refused_within_bounded_memory_and_time() -> None:
+    """A server that announces 1 TB and streams forever: the client reads at most MAX_ANSWER_BYTES (+1) and
+    refuses in one line, under a 512 MiB address-space margin and a time limit, in a subprocess."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", ENDLESS_ANSWER], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused: the server's answer to POST /v1/predict is larger than 16777216 bytes" in done.stdout
