@@ -4,6 +4,7 @@ and bundle (crisis-tiny CLIP, random weights) that every test folder uses."""
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,10 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A run started with SIGINT ignored (a background job of a non-interactive shell) passes that on to every child
+# process, and the Ctrl-C tests would then send a signal nobody hears: give the children Python's default back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 pytest_plugins = ["skip_guard"]  # a skip for missing ../shared data or Ray fails where they exist
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_SPLITS = REPO_ROOT.parent / "shared" / "data" / "crisismmd_real" / "settingA"
