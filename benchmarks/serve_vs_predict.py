@@ -3,16 +3,18 @@
 Command (from the repo root; any bundle, e.g. the crisis-tiny one `make demo` exports):
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_vs_predict.py --bundle BUNDLE --clients 8 --seconds 20 \
-        [--posts-per-request 1,8]
+        [--posts-per-request 1,8] [--rounds 3] [--serve-args '--no-ray']
 
 It starts `crisis-tool serve --bundle BUNDLE` with its defaults (a local Ray, 1 replica, loopback) as a
 subprocess, waits for `/readyz`, then measures exactly what `crisis-tool bench --bundle BUNDLE --serve URL
 --batch-sizes CLIENTS` measures (`runtime/bench/serve_load.py`): the in-process predict row (the Predictor at
 its default batch size), then a serve row with `--clients` threads posting unique posts for `--seconds`, one
-row per `--posts-per-request` value (1: one post per request, the default of `bench --serve`). It prints that
-table and the ratio of serve's posts/s to predict's (issue 22 asks for >= 0.9 at 8 clients), and the load
-average before and after, then stops the server (Ctrl-C, as a user would). All rows run on the same machine
-at nearly the same time; on a shared machine say how loaded it was.
+row per `--posts-per-request` value (1: one post per request, the default of `bench --serve`). With
+`--rounds N` the predict row and the serve rows alternate N times (a shared machine's load drifts: each serve
+row is compared with the predict row just before it), and the median of the rounds' ratios is reported. It
+prints the rows, each round's ratio of serve's posts/s to predict's (issue 22 asks for >= 0.9 at 8 clients),
+their median, and the load average before and after, then stops the server (Ctrl-C, as a user would).
+`--serve-args '--no-ray'` measures the single-process server instead of Ray Serve.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -60,7 +63,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=None, help="Intra-op threads of both sides (default all).")
     parser.add_argument("--posts-per-request", default="1", help="Comma-separated; one serve row each.")
-    parser.add_argument("--serve-args", default="", help="Extra `crisis-tool serve` options, e.g. '--batch-size 8'.")
+    parser.add_argument("--serve-args", default="", help="Extra `crisis-tool serve` options, e.g. '--no-ray'.")
+    parser.add_argument("--rounds", type=int, default=1, help="Alternate the predict and serve rows this often.")
     args = parser.parse_args()
 
     port = free_port()
@@ -76,27 +80,33 @@ def main() -> None:
         records = generated_records()
         with urllib.request.urlopen(f"{url}/v1/model", timeout=30) as response:
             served_model = json.load(response)
-        rows = [predict_row(args.bundle, records, args.seconds, args.threads)]
-        rows += [serve_row(url, records, args.clients, args.seconds, os.environ.get("CRISIS_SERVE_TOKEN"), n)
-                 for n in per_request]
+        rounds = []
+        for _ in range(max(1, args.rounds)):
+            predict = predict_row(args.bundle, records, args.seconds, args.threads)
+            rounds.append([predict, *(serve_row(url, records, args.clients, args.seconds,
+                                                os.environ.get("CRISIS_SERVE_TOKEN"), n) for n in per_request)])
     finally:
         server.send_signal(signal.SIGINT)
         try:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
-    predict = rows[0]
     load = " / ".join(f"{one:.1f}, {five:.1f}" for one, five, _ in (load_before, os.getloadavg()))
     print(f"bundle {args.bundle}; {os.cpu_count()} CPUs; load average 1 min, 5 min (before / after): {load}; "
           f"server ready after {ready_s:.1f} s; {args.seconds:g} s per row")
     print(f"serve replica: backend {served_model['backend']}, {served_model['provider']}, "
           f"{served_model['threads'] or 'default'} intra-op threads, batch size {served_model['batch_size']}; predict: "
           f"the same bundle loaded as `crisis-tool predict` loads it (backend auto, batch size 32)")
-    print(render(rows))
-    for n, served in zip(per_request, rows[1:], strict=True):
+    print(f"serve command: crisis-tool serve {' '.join(command[4:])}")
+    for k, rows in enumerate(rounds):
+        print(f"round {k + 1} of {len(rounds)}:")
+        print(render(rows))
+    for j, n in enumerate(per_request):
+        ratios = [rows[j + 1].posts_per_s / max(rows[0].posts_per_s, 1e-9) for rows in rounds]
+        errors = sum(rows[j + 1].errors for rows in rounds)
         print(f"serve / predict posts/s at {args.clients} clients, {n} post(s) per request: "
-              f"{served.posts_per_s:.1f} / {predict.posts_per_s:.1f} = "
-              f"{served.posts_per_s / max(predict.posts_per_s, 1e-9):.2f}x; serve errors: {served.errors}")
+              f"{' '.join(f'{r:.2f}' for r in ratios)} (rounds); median {statistics.median(ratios):.2f}x; "
+              f"serve errors: {errors}")
 
 
 if __name__ == "__main__":

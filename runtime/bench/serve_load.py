@@ -8,13 +8,16 @@ the run (`GET /v1/stats` before and after) and errors (HTTP failures and records
 reference row runs the same records through an in-process Predictor of the same bundle at its default batch
 size (what `predict` does), so the serving overhead is a measured ratio. Every post is made unique (a counter
 appended after the JPEG's end marker, which decoders ignore, and to the text), so neither side answers from
-its embedding caches: both decode and encode every post. Standard library HTTP only.
+its embedding caches: both decode and encode every post. Each row starts its counter at a fresh random
+64-bit offset, so a second row (or a second run against the same long-lived server) never meets a post the
+server has already cached. Standard library HTTP only.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -79,10 +82,17 @@ def server_stats(url: str, token: str | None) -> dict[str, float] | None:
     return answer.body if answer.status == 200 and isinstance(answer.body, dict) else None
 
 
+def fresh_offset() -> int:
+    """A random starting post number: rows (and runs) against one server never repeat a post."""
+    return secrets.randbits(62)
+
+
 def serve_row(url: str, records: list[dict[str, Any]], clients: int, seconds: float,
-              token: str | None = None, posts_per_request: int = 1) -> LoadRow:
-    """Post records (`posts_per_request` per request) from `clients` threads for `seconds`; never runs past
-    the deadline by more than one request timeout."""
+              token: str | None = None, posts_per_request: int = 1, first_post: int | None = None) -> LoadRow:
+    """Post records (`posts_per_request` per request) from `clients` threads for `seconds`, post numbers
+    counting from `first_post` (a fresh random offset by default); never runs past the deadline by more than
+    one request timeout."""
+    offset = fresh_offset() if first_post is None else first_post
     url = url.rstrip("/")
     try:
         ready = ServeClient(url, timeout_s=REQUEST_TIMEOUT_S).request("GET", "/readyz")
@@ -100,8 +110,8 @@ def serve_row(url: str, records: list[dict[str, Any]], clients: int, seconds: fl
         session = ServeClient(url, token, timeout_s=REQUEST_TIMEOUT_S)
         i = k * posts_per_request
         while time.monotonic() < deadline:
-            posts = [unique_post(records[(i + j) % len(records)], i + j) for j in range(posts_per_request)]
-            body = [{"id": f"c{k}-{i + j}", "text": text, "image_b64": base64.b64encode(image).decode("ascii")}
+            posts = [unique_post(records[(i + j) % len(records)], offset + i + j) for j in range(posts_per_request)]
+            body = [{"id": f"c{k}-{offset + i + j}", "text": text, "image_b64": base64.b64encode(image).decode("ascii")}
                     for j, (text, image) in enumerate(posts)]
             start = time.perf_counter()
             try:

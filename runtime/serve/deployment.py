@@ -16,13 +16,11 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from crisis_tool.runtime.records import Record, RecordError
 from crisis_tool.runtime.serve.api import build_api
-from crisis_tool.runtime.serve.batcher import RecordBatcher
+from crisis_tool.runtime.serve.batched_service import BatchedService
 from crisis_tool.runtime.serve.metrics import ServeMetrics
 from crisis_tool.runtime.serve.options import PredictorOptions, ServeOptions
-from crisis_tool.runtime.serve.service import ServiceCore, warmup_record
-from crisis_tool.runtime.serve.task_view import failed_prediction
+from crisis_tool.runtime.serve.service import warmup_record
 
 log = logging.getLogger(__name__)
 DEPLOYMENT_NAME = "PredictorServer"
@@ -45,14 +43,11 @@ def set_draining(app_name: str, draining: bool) -> None:
         internal_kv._internal_kv_del(drain_key(app_name), namespace=DRAIN_NAMESPACE)
 
 
-class PredictorServer(ServiceCore):
-    """One replica: a ServiceCore whose records are batched across requests, and its FastAPI app."""
+class PredictorServer(BatchedService):
+    """One replica: a BatchedService with Ray's metrics, the drain flag, health checks, and its FastAPI app."""
 
     def __init__(self, predictor_options: PredictorOptions, serve_options: ServeOptions) -> None:
-        super().__init__(predictor_options, serve_options)
-        self.metrics = ServeMetrics()
-        self.batcher: RecordBatcher[Record, Any] = RecordBatcher(self._predict_batch, serve_options.batch_size,
-                                                                 serve_options.batch_wait_ms / 1000.0)
+        super().__init__(predictor_options, serve_options, ServeMetrics())
         self.model_info["node_id"] = replica_node_id()  # which Ray node answers: for operators and tests
         self.warm_up()
         self._drain_watch: asyncio.Task | None = None
@@ -79,22 +74,7 @@ class PredictorServer(ServiceCore):
     def stats(self) -> dict[str, Any]:
         """This replica's totals (requests, records, record errors, batches, mean batch, uploads, memory) and
         the Ray node it runs on."""
-        return {**self.metrics.stats.to_dict(), **self.guard_stats(), "node_id": self.model_info["node_id"]}
-
-    async def predict_records(self, items: list[Record | RecordError]) -> list[Any]:
-        return list(await asyncio.gather(*(self._answer(item) for item in items)))
-
-    async def _answer(self, item: Record | RecordError) -> Any:
-        if isinstance(item, RecordError):
-            self.metrics.rejected_records(1)
-            return failed_prediction(item.id, item.error)
-        return await self.batcher.submit(item)
-
-    async def _predict_batch(self, records: list[Record]) -> list[Any]:
-        predictions = await asyncio.to_thread(self.predictor.predict, records)
-        self.metrics.batch(len(predictions), sum(p.error is not None for p in predictions))
-        self.trimmer.maybe_trim()
-        return predictions
+        return {**super().stats(), "node_id": self.model_info["node_id"]}
 
 
 def replica_node_id() -> str | None:

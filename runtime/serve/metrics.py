@@ -9,44 +9,26 @@ Ray Serve's own `ray_serve_*` metrics:
 * `crisis_serve_records` (counter): records classified (including failed ones).
 * `crisis_serve_record_errors` (counter): records answered with a per-record error.
 
-The replica also keeps plain totals (`ReplicaStats`), which `PredictorServer.stats()` returns.
+The replica also keeps plain totals (`serve_totals.ReplicaStats`), which `PredictorServer.stats()` returns.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import asdict, dataclass
-
 from ray.util.metrics import Counter, Histogram
+
+from crisis_tool.runtime.serve.serve_totals import ReplicaStats, ServeTotals
+
+__all__ = ["BATCH_BOUNDS", "LATENCY_BOUNDS_S", "ReplicaStats", "ServeMetrics"]
 
 LATENCY_BOUNDS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 BATCH_BOUNDS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
 
 
-@dataclass
-class ReplicaStats:
-    """Totals of one replica since it started."""
-
-    requests: int = 0
-    records: int = 0
-    record_errors: int = 0
-    batches: int = 0
-    batched_records: int = 0  # records that went through the model's batches
-
-    @property
-    def mean_batch(self) -> float:
-        return self.batched_records / self.batches if self.batches else 0.0
-
-    def to_dict(self) -> dict[str, float]:
-        return {**asdict(self), "mean_batch": self.mean_batch}
-
-
-class ServeMetrics:
+class ServeMetrics(ServeTotals):
     """The replica's Ray metrics and its own totals, updated together."""
 
     def __init__(self) -> None:
-        self.stats = ReplicaStats()
-        self._lock = threading.Lock()
+        super().__init__()
         self._requests = Counter("crisis_serve_requests", "HTTP requests answered", tag_keys=("route", "status"))
         self._latency = Histogram("crisis_serve_request_latency_s", "Request latency inside the replica (s)",
                                   boundaries=LATENCY_BOUNDS_S, tag_keys=("route",))
@@ -55,28 +37,19 @@ class ServeMetrics:
         self._errors = Counter("crisis_serve_record_errors", "Records answered with a per-record error")
 
     def request(self, route: str, status: int, seconds: float) -> None:
-        tags = {"route": route, "status": str(status)}
-        self._requests.inc(1, tags=tags)
+        self._requests.inc(1, tags={"route": route, "status": str(status)})
         self._latency.observe(seconds, tags={"route": route})
-        with self._lock:
-            self.stats.requests += 1
+        super().request(route, status, seconds)
 
     def batch(self, size: int, errors: int) -> None:
         self._batch.observe(size)
         self._records.inc(size)
         if errors:
             self._errors.inc(errors)
-        with self._lock:
-            self.stats.batches += 1
-            self.stats.batched_records += size
-            self.stats.records += size
-            self.stats.record_errors += errors
+        super().batch(size, errors)
 
     def rejected_records(self, errors: int) -> None:
-        """Records refused before batching (a `RecordError` from the request): counted as records and errors."""
         if errors:
             self._records.inc(errors)
             self._errors.inc(errors)
-            with self._lock:
-                self.stats.records += errors
-                self.stats.record_errors += errors
+            super().rejected_records(errors)

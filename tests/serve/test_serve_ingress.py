@@ -274,7 +274,7 @@ def test_bench_serve_load_rows(local: Local, tiny_bundle: Path) -> None:
 
     records = generated_records(8)
     row = serve_row(f"http://127.0.0.1:{local.port}", records, clients=2, seconds=1.0)
-    assert row.posts > 0 and row.errors == 0 and row.mean_batch == 1.0 and row.p50_ms <= row.p99_ms
+    assert row.posts > 0 and row.errors == 0 and 1.0 <= row.mean_batch <= 2.0 and row.p50_ms <= row.p99_ms
     reference = predict_row(tiny_bundle, records, seconds=0.5, threads=1)
     assert reference.posts >= len(records) and reference.errors == 0
     lines = render([reference, row]).splitlines()

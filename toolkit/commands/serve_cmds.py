@@ -1,4 +1,5 @@
-"""`crisis-tool serve` (HTTP with Ray Serve) and `crisis-tool label` (files with Ray Data); both need Ray.
+"""`crisis-tool serve` (HTTP with Ray Serve, or from one process with --no-ray) and `crisis-tool label` (files
+with Ray Data).
 
 Option defaults live in `crisis_tool.runtime.serve.options`; the work lives in `crisis_tool.runtime.serve`.
 """
@@ -13,6 +14,7 @@ import typer
 from crisis_tool.commands.aliases import deprecated_alias
 from crisis_tool.commands.predict_cmd import DEVICE_HELP, EXIT_SOME_FAILED, _check_bundle_arg, parse_providers
 from crisis_tool.runtime.backends import backend_names
+from crisis_tool.runtime.errors import UsageError
 from crisis_tool.runtime.serve.options import LabelOptions, PredictorOptions, ServeOptions, read_token_digest
 
 _PRED, _SERVE, _LABEL = PredictorOptions(), ServeOptions(), LabelOptions()
@@ -99,11 +101,22 @@ def register(app: typer.Typer) -> None:
                                               "(default: the bundle folder's name)."),
         drain_s: float = typer.Option(_SERVE.drain_s, "--drain-s", min=0.0, help="On shutdown, answer 503 and "
                                       "wait at most this long for requests in flight."),
+        no_ray: bool = typer.Option(False, "--no-ray", help="Serve from this one process (FastAPI on uvicorn), "
+                                    "without Ray: no replicas or cluster, the least overhead on one small machine."),
     ) -> None:
-        """Serve a bundle over HTTP (POST /v1/predict) with Ray Serve, batching records across requests."""
+        """Serve a bundle over HTTP (POST /v1/predict, v2 /v2/models/NAME/infer), batching records across
+        requests: with Ray Serve (replicas, a cluster), or from this process alone with --no-ray."""
+        from crisis_tool.runtime.serve.local_server import RunningLocal, serve_local
         from crisis_tool.runtime.serve.server import RunningServer, serve_until_stopped
 
         _check_bundle_arg(bundle)
+        if no_ray:
+            ray_only = {"--address": address is not None, "--replicas": replicas != _SERVE.replicas,
+                        "--min-replicas": min_replicas is not None, "--max-replicas": max_replicas is not None,
+                        "--proxy-location": proxy_location != _SERVE.proxy_location}
+            given = [name for name, set_ in ray_only.items() if set_]
+            if given:
+                raise UsageError(f"--no-ray serves from one process: {', '.join(given)} need(s) Ray")
         options = ServeOptions(
             host=host, port=port, address=address, proxy_location=proxy_location, replicas=replicas,
             min_replicas=min_replicas, max_replicas=max_replicas, gpus_per_replica=gpus_per_replica,
@@ -119,11 +132,15 @@ def register(app: typer.Typer) -> None:
         predictor = _predictor_options(bundle, backend, precision, providers, threads, device, max_image_bytes,
                                        decode, pubkey)
 
-        def announce(server: RunningServer) -> None:
-            typer.echo(f"serving {bundle} at {server.url} (POST /v1/predict, GET /healthz /readyz /v1/model); "
-                       "Ctrl-C stops", err=True)
+        def announce(server: RunningServer | RunningLocal) -> None:
+            how = "one process, no Ray" if no_ray else "Ray Serve"
+            typer.echo(f"serving {bundle} at {server.url} ({how}; POST /v1/predict, GET /healthz /readyz "
+                       "/v1/model); Ctrl-C stops", err=True)
 
-        serve_until_stopped(predictor, options, announce)
+        if no_ray:
+            serve_local(predictor, options, announce)
+        else:
+            serve_until_stopped(predictor, options, announce)
 
     @app.command("label")
     def label(
