@@ -4,12 +4,8 @@ Ray Serve's `@serve.batch` forms a batch as soon as records arrive (its first re
 `batch_wait_timeout_s`) and queues it for the model behind a semaphore, so while the model runs, records that
 arrive a few milliseconds apart are cut into many batches of 1 or 2 that wait in line: under load the mean
 batch stayed near 2 with 8 clients. Here the next batch is formed only when the previous one is done, and it
-takes every record that waited meanwhile (up to `max_batch_size`).
-
-When the model is free and fewer than `max_batch_size` records wait, the batch waits for company at most
-`wait_s`, and no longer than until as many records wait as the last batch held (under steady load: the
-clients it answered are back), since every moment the model idles while records wait is throughput lost. No
-Ray here: one instance per replica, on its event loop.
+takes every record that waited meanwhile (up to `max_batch_size`); a record that finds the model idle waits
+at most `wait_s` for company, as before. No Ray here: one instance per replica, on its event loop.
 """
 
 from __future__ import annotations
@@ -33,7 +29,6 @@ class RecordBatcher(Generic[T, R]):
         self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._last_size = self.max_batch_size  # before any batch: wait for a full one (or wait_s)
 
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
@@ -58,13 +53,12 @@ class RecordBatcher(Generic[T, R]):
             batch = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_batch_size))]
             batch = [(item, future) for item, future in batch if not future.done()]  # a cancelled request
             if batch:
-                self._last_size = len(batch)
                 await self._run(batch)
 
     async def _fill(self, arrived: asyncio.Event) -> None:
-        """Wait for company, at most `wait_s`: until the batch is full or as large as the last one."""
+        """Wait at most `wait_s` for the batch to fill."""
         deadline = asyncio.get_running_loop().time() + self.wait_s
-        while len(self._waiting) < min(self.max_batch_size, self._last_size):
+        while len(self._waiting) < self.max_batch_size:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 return

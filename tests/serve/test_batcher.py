@@ -76,30 +76,3 @@ def test_a_cancelled_request_is_left_out() -> None:
         return seen
 
     assert asyncio.run(scenario()) == [[0], [2]]
-
-
-def test_a_batch_waits_for_company_only_until_it_is_as_large_as_the_last_one() -> None:
-    """Under steady load the clients of the last batch come back together: once as many records wait as it
-    held, the model starts at once instead of idling the rest of `wait_s`; fewer still wait (at most wait_s)."""
-    wait_s = 0.5
-
-    async def scenario() -> tuple[list[float], list[int]]:
-        sizes: list[int] = []
-
-        async def run(items: list[int]) -> list[int]:
-            sizes.append(len(items))
-            return items
-
-        batcher: RecordBatcher[int, int] = RecordBatcher(run, max_batch_size=8, wait_s=wait_s)
-        took = []
-        for group in ([0, 1, 2], [3, 4, 5], [6, 7]):
-            start = asyncio.get_running_loop().time()
-            assert await asyncio.gather(*(batcher.submit(i) for i in group)) == group
-            took.append(asyncio.get_running_loop().time() - start)
-        return took, sizes
-
-    took, sizes = asyncio.run(scenario())
-    assert sizes == [3, 3, 2]
-    assert took[0] >= 0.9 * wait_s  # no batch before: it waited for a full one, up to wait_s
-    assert took[1] < 0.5 * wait_s  # as large as the last batch: no waiting
-    assert took[2] >= 0.9 * wait_s  # smaller than the last batch: it waited for the missing one
