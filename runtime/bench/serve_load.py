@@ -8,9 +8,10 @@ the run (`GET /v1/stats` before and after) and errors (HTTP failures and records
 reference row runs the same records through an in-process Predictor of the same bundle at its default batch
 size (what `predict` does), so the serving overhead is a measured ratio. Every post is made unique (a counter
 appended after the JPEG's end marker, which decoders ignore, and to the text), so neither side answers from
-its embedding caches: both decode and encode every post. Each row starts its counter at a fresh random
-64-bit offset, so a second row (or a second run against the same long-lived server) never meets a post the
-server has already cached. Standard library HTTP only.
+its embedding caches: both decode and encode every post. Each row, predict's too, starts its counter at a
+fresh random 10-digit number, so a second row (or a second run against the same long-lived server) never
+meets a post the server has already cached, and both sides' texts have the same number of tokens (a longer
+number on one side made its text encoder slower). Standard library HTTP only.
 """
 
 from __future__ import annotations
@@ -82,9 +83,13 @@ def server_stats(url: str, token: str | None) -> dict[str, float] | None:
     return answer.body if answer.status == 200 and isinstance(answer.body, dict) else None
 
 
+OFFSET_LOW, OFFSET_HIGH = 10**9, 9 * 10**9  # post numbers stay 10-digit for rows of up to 10**9 posts
+
+
 def fresh_offset() -> int:
-    """A random starting post number: rows (and runs) against one server never repeat a post."""
-    return secrets.randbits(62)
+    """A random 10-digit starting post number: rows (and runs) against one server never repeat a post, and
+    every row's texts are equally long."""
+    return OFFSET_LOW + secrets.randbelow(OFFSET_HIGH - OFFSET_LOW)
 
 
 def serve_row(url: str, records: list[dict[str, Any]], clients: int, seconds: float,
@@ -143,18 +148,21 @@ def serve_row(url: str, records: list[dict[str, Any]], clients: int, seconds: fl
     return LoadRow(name, clients, counts[0], elapsed, float(p50), float(p99), mean_batch, counts[1])
 
 
-def predict_row(bundle: Path, records: list[dict[str, Any]], seconds: float, threads: int | None) -> LoadRow:
+def predict_row(bundle: Path, records: list[dict[str, Any]], seconds: float, threads: int | None,
+                first_post: int | None = None) -> LoadRow:
     """The same records through an in-process Predictor loaded as `predict` loads it (its defaults: `--backend
-    auto`, batch size 32), repeated for about `seconds`."""
+    auto`, batch size 32), repeated for about `seconds`, post numbers counting from `first_post` (a fresh
+    random offset by default, as the serve rows')."""
+    offset = fresh_offset() if first_post is None else first_post
     from crisis_tool.runtime.predictor_options import PredictorOptions
     from crisis_tool.runtime.records import Record
 
     with PredictorOptions(bundle=Path(bundle), threads=threads).load() as predictor:
-        predictor.predict([Record("w", *unique_post(records[0], -1 % 2**63))])  # warm-up
+        predictor.predict([Record("w", *unique_post(records[0], offset - 1))])  # warm-up
         posts, errors, rounds = 0, 0, 0
         start = time.perf_counter()
         while time.perf_counter() - start < seconds or rounds == 0:
-            base = rounds * PREDICT_ROUND * len(records)  # a round: several batches, decode overlapping the model
+            base = offset + rounds * PREDICT_ROUND * len(records)  # a round: several batches, decode overlapping
             answers = predictor.predict([Record(f"p{base + i}", *unique_post(records[i % len(records)], base + i))
                                          for i in range(PREDICT_ROUND * len(records))])
             posts += len(answers)

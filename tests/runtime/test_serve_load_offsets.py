@@ -64,3 +64,25 @@ def test_rows_against_one_server_never_repeat_a_post(recorder: str) -> None:
 def test_a_given_offset_is_kept(recorder: str) -> None:
     serve_row(recorder, generated_records(4), clients=1, seconds=0.2, first_post=1000)
     assert Recorder.texts[0].endswith("#1000") and Recorder.texts[1].endswith("#1001")
+
+
+def test_predict_and_serve_rows_number_their_posts_alike(recorder: str, tiny_bundle, monkeypatch) -> None:
+    """Both rows' texts carry a 10-digit post number: a longer number on one side only (a 19-digit one on the
+    serve side, 1 to 4 digits on predict's) gave its text encoder more tokens and made serving look slower."""
+    from crisis_tool.runtime.bench import serve_load
+
+    numbers: list[int] = []
+    real = serve_load.unique_post
+
+    def recording(record: dict, n: int) -> tuple[str, bytes]:
+        numbers.append(n)
+        return real(record, n)
+
+    monkeypatch.setattr(serve_load, "unique_post", recording)
+    records = generated_records(4)
+    serve_load.predict_row(tiny_bundle, records, seconds=0.1, threads=1)
+    predicted = len(numbers)
+    serve_row(recorder, records, clients=2, seconds=0.2)
+    assert 0 < predicted < len(numbers)
+    assert {len(str(n)) for n in numbers} == {10}, sorted({len(str(n)) for n in numbers})
+    assert {len(t) - len(t.rstrip("0123456789")) for t in Recorder.texts} == {10}
