@@ -3,7 +3,7 @@
 Command (from the repo root; any bundle, e.g. the crisis-tiny one `make demo` exports):
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_vs_predict.py --bundle BUNDLE --clients 8 --seconds 20 \
-        [--posts-per-request 1,8] [--rounds 3] [--serve-args '--no-ray']
+        [--posts-per-request 1,8] [--rounds 3] [--records 64] [--serve-args=--no-ray]
 
 It starts `crisis-tool serve --bundle BUNDLE` with its defaults (a local Ray, 1 replica, loopback) as a
 subprocess, waits for `/readyz`, then measures exactly what `crisis-tool bench --bundle BUNDLE --serve URL
@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--posts-per-request", default="1", help="Comma-separated; one serve row each.")
     parser.add_argument("--serve-args", default="", help="Extra `crisis-tool serve` options, e.g. '--no-ray'.")
     parser.add_argument("--rounds", type=int, default=1, help="Alternate the predict and serve rows this often.")
+    parser.add_argument("--records", type=int, default=64, help="Distinct generated records; the predict row "
+                        "classifies 4x this many per call (fewer: shorter predict rows, finer alternation).")
     args = parser.parse_args()
 
     port = free_port()
@@ -77,7 +79,7 @@ def main() -> None:
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         ready_s = wait_ready(url, server, 300)
-        records = generated_records()
+        records = generated_records(args.records)
         with urllib.request.urlopen(f"{url}/v1/model", timeout=30) as response:
             served_model = json.load(response)
         rounds = []
