@@ -51,8 +51,12 @@ def ray_processes(ray_tmp: str) -> list[str]:
 
 
 def answered(out: Path) -> int:
+    """Answer lines in the resumable partials and the outputs; not in atomic temporaries (`.NAME.*.partial`:
+    the partial's input note is written through one, and counting its line sent Ctrl-C before any answer)."""
     lines = 0
     for path in [*out.glob("*.partial"), *out.glob("*.predictions.jsonl")]:
+        if path.name.startswith("."):
+            continue
         try:
             lines += len(path.read_bytes().splitlines())
         except FileNotFoundError:
