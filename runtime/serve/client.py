@@ -4,7 +4,9 @@ bounded retries of what the server may not have answered.
 Prediction is idempotent, so a request is sent again when the server answered 503 (draining, or the model
 still loading) or 429 (too many uploads from this client), waiting the `Retry-After` it sent (capped), and
 when no server answered at all (connection refused or reset: a restart in progress), with a short growing
-pause. Retries stop after `retry_for_s` seconds in all (0: never retry); then the last failure is raised.
+pause, and when Ray Serve's proxy answered 404 in plain text (it listens before the application is deployed,
+and while Serve starts or stops has no route: the application's own 404s are JSON and are answers).
+Retries stop after `retry_for_s` seconds in all (0: never retry); then the last failure is raised.
 Other statuses are answers, returned as they are. `bench --serve` posts through this client (with retries
 off, so failures are counted, not hidden); `tests/serve/test_serve_command.py` drives it across a restart.
 """
@@ -88,9 +90,12 @@ class ServeClient:
                 status, reason, wait = 0, f"{type(exc).__name__}: {exc}", pause
                 pause = min(2 * pause, MAX_PAUSE_S)
             else:
-                if answer.status not in RETRY_STATUSES:
+                no_route_yet = answer.status == 404 and answer.body is None  # not our app's JSON 404
+                if answer.status not in RETRY_STATUSES and not no_route_yet:
                     return answer
                 status, wait = answer.status, retry_after_s(answer.headers, pause)
+                if no_route_yet:
+                    pause = min(2 * pause, MAX_PAUSE_S)
                 reason = f"HTTP {status}"
             if max(time.monotonic() - start, waited) + wait > self.retry_for_s:
                 if status:

@@ -25,6 +25,8 @@ class Scripted(BaseHTTPRequestHandler):
         type(self).seen += 1
         status = type(self).script.pop(0) if type(self).script else 200
         body = json.dumps({"error": "draining"} if status != 200 else {"ok": True}).encode()
+        if status == 4040:  # Ray Serve's proxy before the application is deployed: plain text, not JSON
+            status, body = 404, b"Path '/v1/predict' not found. Ping http://127.0.0.1/-/routes for routes."
         self.send_response(status)
         if status == 503:
             self.send_header("Retry-After", "3")
@@ -66,6 +68,19 @@ def test_retries_stop_at_the_budget_and_other_statuses_are_answers(server: str) 
     assert client.post_json("/v1/predict", {}).status == 400 and Scripted.seen == 1  # never retried
     Scripted.script, Scripted.seen = [503], 0
     assert ServeClient(server).post_json("/v1/predict", {}).status == 503 and Scripted.seen == 1  # budget 0
+
+
+def test_the_proxys_plain_404_is_retried_and_the_apps_json_404_is_an_answer(server: str) -> None:
+    """Ray Serve's proxy listens before the application is deployed (a restart): its plain-text 404 is retried
+    (a CI run lost one request to it); a 404 from the application itself (JSON) is an answer."""
+    Scripted.script = [4040, 4040]
+    waits: list[float] = []
+    client = ServeClient(server, retry_for_s=60, sleep=waits.append)
+    assert client.post_json("/v1/predict", {}).status == 200 and Scripted.seen == 3
+    assert waits == [0.2, 0.4] and client.retries == {"404": 2}
+    Scripted.script, Scripted.seen = [404], 0
+    answer = client.post_json("/v1/predict", {})
+    assert (answer.status, answer.body, Scripted.seen) == (404, {"error": "draining"}, 1)
 
 
 def test_refused_connections_are_retried_then_reported() -> None:
