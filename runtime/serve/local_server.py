@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -25,6 +23,7 @@ from typing import Any
 
 from crisis_tool.runtime.errors import MissingDependencyError, UsageError
 from crisis_tool.runtime.serve.batched_service import BatchedService
+from crisis_tool.runtime.serve.lifecycle import check_options, check_port_free, sigterm_sets, wait_until_stopped
 from crisis_tool.runtime.serve.options import LOOPBACK, PredictorOptions, ServeOptions
 from crisis_tool.runtime.serve.serve_totals import ServeTotals
 
@@ -66,46 +65,25 @@ def serve_local(
     stop: threading.Event | None = None,
 ) -> None:
     """Load, warm up and serve on `host:port` until Ctrl-C, SIGTERM or `stop`; then drain and close."""
-    from crisis_tool.runtime.serve.server import check_port_free
-
     require_http("serve --no-ray")
-    serve_options.validate()
-    predictor_options.validate()
-    warning = serve_options.bind_warning()
-    if warning:
-        print(warning, file=sys.stderr)
+    check_options(predictor_options, serve_options)
     check_port_free(serve_options.host, serve_options.port)
     service = LocalService(replace(predictor_options, batch_size=serve_options.batch_size), serve_options)
     try:
         service.warm_up()
         server, thread = _start_uvicorn(service, serve_options)
         stop = stop or threading.Event()
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if in_main else None
         try:
-            host = f"[{serve_options.host}]" if ":" in serve_options.host else serve_options.host
-            if on_ready is not None:
-                on_ready(RunningLocal(f"{serve_options.scheme}://{host}:{serve_options.port}", service))
-            with _interrupt_sets(stop):
-                while not stop.wait(0.5) and thread.is_alive():
-                    pass
-            _drain(service, serve_options.drain_s)
+            with sigterm_sets(stop):
+                if on_ready is not None:
+                    on_ready(RunningLocal(serve_options.base_url, service))
+                wait_until_stopped(stop, thread.is_alive)
+                _drain(service, serve_options.drain_s)
         finally:
             server.should_exit = True
             thread.join(timeout=STOP_TIMEOUT_S)
-            if in_main:
-                signal.signal(signal.SIGTERM, previous)
     finally:
         service.predictor.close()
-
-
-@contextlib.contextmanager
-def _interrupt_sets(stop: threading.Event) -> Generator[None, None, None]:
-    """Ctrl-C (KeyboardInterrupt in the main thread) ends the wait like SIGTERM: by setting `stop`."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        stop.set()
 
 
 def _drain(service: LocalService, drain_s: float) -> None:

@@ -83,6 +83,12 @@ class ServeOptions:
     def scheme(self) -> str:
         return "https" if self.tls_cert else "http"
 
+    @property
+    def base_url(self) -> str:
+        """Where clients reach the server, e.g. http://127.0.0.1:8000 (an IPv6 host in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
     def bind_warning(self) -> str | None:
         """A one-line warning when listening beyond this machine without a token (None otherwise)."""
         if is_loopback(self.host) or self.token_sha256 is not None:

@@ -7,17 +7,14 @@ where no Serve ran before, so a stopped `serve --address` leaves nothing of its 
 from __future__ import annotations
 
 import contextlib
-import signal
-import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from crisis_tool.runtime.errors import UsageError
 from crisis_tool.runtime.serve.cluster import ray_session, require_ray
+from crisis_tool.runtime.serve.lifecycle import check_options, check_port_free, sigterm_sets, wait_until_stopped
 from crisis_tool.runtime.serve.options import PredictorOptions, ServeOptions
 
 
@@ -28,19 +25,6 @@ class RunningServer:
     url: str
     app_name: str
     started_serve: bool = True  # this process started Serve's controller (and so shuts it down)
-
-
-def check_port_free(host: str, port: int) -> None:
-    """UsageError when `host:port` cannot be bound here (in use, or not an address of this machine).
-
-    SO_REUSEADDR as the server's own socket (uvicorn) sets it: connections of a stopped server still in
-    TIME_WAIT do not block a restart on the same port; a socket listening there does."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
 
 
 def start_server(predictor_options: PredictorOptions, serve_options: ServeOptions) -> RunningServer:
@@ -59,9 +43,7 @@ def start_server(predictor_options: PredictorOptions, serve_options: ServeOption
     set_draining(serve_options.app_name, False)  # a restart on the same cluster starts undrained
     serve.run(build_app(predictor_options, serve_options), name=serve_options.app_name, route_prefix="/",
               blocking=False)
-    host = f"[{serve_options.host}]" if ":" in serve_options.host else serve_options.host
-    return RunningServer(f"{serve_options.scheme}://{host}:{serve_options.port}", serve_options.app_name,
-                         started_serve)
+    return RunningServer(serve_options.base_url, serve_options.app_name, started_serve)
 
 
 def controller_options(serve_options: ServeOptions) -> dict[str, object] | None:
@@ -148,11 +130,7 @@ def serve_until_stopped(
     bundle, backend, precision or device is one usage line instead of failing replicas.
     """
     require_ray("serve")
-    serve_options.validate()
-    predictor_options.validate()
-    warning = serve_options.bind_warning()
-    if warning:
-        print(warning, file=sys.stderr)
+    check_options(predictor_options, serve_options)
     if not serve_options.address:
         check_port_free(serve_options.host, serve_options.port)
         predictor_options.check()  # a bad bundle, backend or device: one line before Ray starts
@@ -161,20 +139,14 @@ def serve_until_stopped(
         from ray import serve
 
         # after ray.init, which installs its own SIGTERM handler in the driver
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if in_main else None
-        server = start_server(predictor_options, serve_options)
-        try:
-            on_ready(server)
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
-        finally:
-            drain(serve_options)
-            if not serve_options.address or server.started_serve:
-                stop_serve()
-            else:  # a Serve that other applications share keeps running (its proxy answers 404 for our routes)
-                serve.delete(server.app_name)
-            if in_main:
-                signal.signal(signal.SIGTERM, previous)
+        with sigterm_sets(stop):
+            server = start_server(predictor_options, serve_options)
+            try:
+                on_ready(server)
+                wait_until_stopped(stop)
+            finally:
+                drain(serve_options)
+                if not serve_options.address or server.started_serve:
+                    stop_serve()
+                else:  # a Serve that other applications share keeps running (its proxy answers 404 for our routes)
+                    serve.delete(server.app_name)

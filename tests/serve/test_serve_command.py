@@ -171,7 +171,7 @@ def test_a_restart_is_not_blocked_by_the_stopped_servers_connections() -> None:
     """A connection the server closed stays in TIME_WAIT on its port for a minute: the port check must pass
     (the server binds with SO_REUSEADDR), while a socket still listening there is refused."""
     from crisis_tool.runtime.errors import UsageError
-    from crisis_tool.runtime.serve.server import check_port_free
+    from crisis_tool.runtime.serve.lifecycle import check_port_free
 
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
