@@ -2,10 +2,12 @@
 bounded retries of what the server may not have answered.
 
 Prediction is idempotent, so a request is sent again when the server answered 503 (draining, or the model
-still loading) or 429 (too many uploads from this client), waiting the `Retry-After` it sent (capped), and
-when no server answered at all (connection refused or reset: a restart in progress), with a short growing
-pause, and when Ray Serve's proxy answered 404 in plain text (it listens before the application is deployed,
-and while Serve starts or stops has no route: the application's own 404s are JSON and are answers).
+still loading), another 5xx (Ray Serve's proxy when a replica died), 429 (too many uploads from this client)
+or 408 (the body did not reach the application in time: a CI run saw it on requests sent just before a Ray
+Serve replica was killed), waiting the `Retry-After` it sent (capped) or a short growing pause; when no
+server answered at all (connection refused or reset: a restart in progress); and when Ray Serve's proxy
+answered 404 in plain text (it listens before the application is deployed, and while Serve starts or stops
+has no route: the application's own 404s are JSON and are answers).
 Retries stop after `retry_for_s` seconds in all (0: never retry); then the last failure is raised.
 Other statuses are answers, returned as they are. `bench --serve` posts through this client (with retries
 off, so failures are counted, not hidden); `tests/serve/test_serve_command.py` drives it across a restart.
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-RETRY_STATUSES = (429, 503)
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 30.0  # a larger Retry-After is waited this long at most
 FIRST_PAUSE_S = 0.2  # after a connection failure; doubles up to MAX_PAUSE_S
 MAX_PAUSE_S = 2.0
@@ -94,7 +96,7 @@ class ServeClient:
                 if answer.status not in RETRY_STATUSES and not no_route_yet:
                     return answer
                 status, wait = answer.status, retry_after_s(answer.headers, pause)
-                if no_route_yet:
+                if "retry-after" not in answer.headers:
                     pause = min(2 * pause, MAX_PAUSE_S)
                 reason = f"HTTP {status}"
             if max(time.monotonic() - start, waited) + wait > self.retry_for_s:

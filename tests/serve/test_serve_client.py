@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.error
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from serve_helpers import free_port
+from serve_helpers import free_port, readme_client
 
 from crisis_tool.runtime.serve.client import MAX_RETRY_AFTER_S, ServeClient, ServerUnavailable, retry_after_s
 
@@ -81,6 +82,29 @@ def test_the_proxys_plain_404_is_retried_and_the_apps_json_404_is_an_answer(serv
     Scripted.script, Scripted.seen = [404], 0
     answer = client.post_json("/v1/predict", {})
     assert (answer.status, answer.body, Scripted.seen) == (404, {"error": "draining"}, 1)
+
+
+def test_408_and_5xx_are_retried_with_a_growing_pause(server: str) -> None:
+    """A CI run lost 4 requests, sent just before a Ray Serve replica was killed, to 408 (their bodies never
+    reached a replica within the body timeout). 408 and 5xx are retried, with a growing pause."""
+    Scripted.script = [408, 500, 502, 504]
+    waits: list[float] = []
+    client = ServeClient(server, retry_for_s=60, sleep=waits.append)
+    assert client.post_json("/v1/predict", {}).status == 200 and Scripted.seen == 5
+    assert waits == [0.2, 0.4, 0.8, 1.6] and client.retries == {"408": 1, "500": 1, "502": 1, "504": 1}
+
+
+def test_the_readme_client_retries_408_429_and_5xx_but_not_400(server: str, monkeypatch) -> None:
+    import time
+
+    predict = readme_client()
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    Scripted.script = [408, 429, 500]
+    assert predict({}, url=f"{server}/v1/predict") == {"ok": True} and Scripted.seen == 4
+    Scripted.script, Scripted.seen = [400], 0
+    with pytest.raises(urllib.error.HTTPError, match="400"):
+        predict({}, url=f"{server}/v1/predict")
+    assert Scripted.seen == 1
 
 
 def test_refused_connections_are_retried_then_reported() -> None:
