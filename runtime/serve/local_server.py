@@ -23,6 +23,7 @@ from typing import Any
 
 from crisis_tool.runtime.errors import MissingDependencyError, UsageError
 from crisis_tool.runtime.serve.batched_service import BatchedService
+from crisis_tool.runtime.serve.connection_guard import WaitingConnections, guarded_protocol, most_waiting
 from crisis_tool.runtime.serve.lifecycle import check_options, check_port_free, sigterm_sets, wait_until_stopped
 from crisis_tool.runtime.serve.options import LOOPBACK, PredictorOptions, ServeOptions
 from crisis_tool.runtime.serve.serve_totals import ServeTotals
@@ -35,10 +36,16 @@ __all__ = ["LocalService", "RunningLocal", "serve_local"]
 
 
 class LocalService(BatchedService):
-    """The single-process service: a BatchedService with plain totals."""
+    """The single-process service: a BatchedService with plain totals, and the connections waiting for a
+    request head (`connection_guard`: closed after --body-timeout-s, the oldest first beyond a bound)."""
 
     def __init__(self, predictor_options: PredictorOptions, serve_options: ServeOptions) -> None:
         super().__init__(predictor_options, serve_options, ServeTotals())
+        self.waiting = WaitingConnections(serve_options.body_timeout_s, most_waiting())
+
+    def guard_stats(self) -> dict[str, float]:
+        return {**super().guard_stats(), "connections_waiting": len(self.waiting),
+                "connections_closed": self.waiting.closed_total}
 
 
 class RunningLocal:
@@ -116,7 +123,7 @@ def _start_uvicorn(service: LocalService, options: ServeOptions) -> tuple[Any, t
     tls = options.tls_cert is not None
     config = uvicorn.Config(build_api(service, observe=service.metrics.request), host=options.host,
                             port=options.port, log_level="warning", access_log=False,
-                            timeout_keep_alive=KEEP_ALIVE_S, lifespan="off",
+                            timeout_keep_alive=KEEP_ALIVE_S, lifespan="off", http=guarded_protocol(service.waiting),
                             ssl_certfile=str(options.tls_cert) if tls else None,
                             ssl_keyfile=str(options.tls_key) if tls else None)
     server = _server_without_signals(config)

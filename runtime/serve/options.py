@@ -20,10 +20,11 @@ PROXY_LOCATIONS = ("EveryNode", "HeadOnly")
 class ServeOptions:
     """`crisis-tool serve`: where to listen, how to batch, how many replicas, what a request may hold.
 
-    Hardening (see `http_guard` and `decode_budget`): a request body must arrive within `body_timeout_s`; one
-    client may have at most `max_uploads_per_client` bodies in flight (more are refused with 429) and all
-    clients together `max_uploads_total` (the oldest is cut to admit a new one); the images of one request
-    may declare at most `max_image_pixels` each and `max_request_pixels` together (413 before decoding).
+    Hardening (see `http_guard`, `connection_guard` and `decode_budget`): a request body must arrive within
+    `body_timeout_s`, and a connection that sends no request head is closed after it; one client may have at
+    most `max_uploads_per_client` bodies in flight (more are refused with 429) and all clients together
+    `max_uploads_total` (the oldest is cut to admit a new one); the images of one request may declare at most
+    `max_image_pixels` each and `max_request_pixels` together (413 before decoding).
     """
 
     host: str = LOOPBACK

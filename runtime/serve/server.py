@@ -16,6 +16,7 @@ from typing import Any
 from crisis_tool.runtime.serve.cluster import ray_session, require_ray
 from crisis_tool.runtime.serve.lifecycle import check_options, check_port_free, sigterm_sets, wait_until_stopped
 from crisis_tool.runtime.serve.options import PredictorOptions, ServeOptions
+from crisis_tool.runtime.serve.proxy_guard import proxy_env
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,15 @@ def start_server(predictor_options: PredictorOptions, serve_options: ServeOption
     return RunningServer(serve_options.base_url, serve_options.app_name, started_serve)
 
 
-def controller_options(serve_options: ServeOptions) -> dict[str, object] | None:
-    """With one proxy (HeadOnly), turn off Ray Serve's preference for replicas on the proxy's own node: it
-    sends every request to the head's replica while that one has a free slot (up to --max-ongoing-requests),
-    and the other nodes' replicas would sit idle. The proxies inherit the controller's environment."""
-    if serve_options.proxy_location != "HeadOnly":
-        return None  # a proxy per node, behind a load balancer: each prefers its own node's replicas
-    return {"runtime_env": {"env_vars": {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}}}
+def controller_options(serve_options: ServeOptions) -> dict[str, object]:
+    """The environment of Serve's controller, which its proxies inherit: the request-head deadline
+    (`proxy_guard`) and, with one proxy (HeadOnly), no preference for replicas on the proxy's own node (it
+    sends every request to the head's replica while that one has a free slot, up to --max-ongoing-requests,
+    and the other nodes' replicas would sit idle; a proxy per node, behind a load balancer, keeps it)."""
+    env = proxy_env(serve_options.body_timeout_s)
+    if serve_options.proxy_location == "HeadOnly":
+        env["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
+    return {"runtime_env": {"env_vars": env}}
 
 
 def stop_serve() -> None:

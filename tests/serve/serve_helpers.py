@@ -32,6 +32,31 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+PARTIAL_HEAD = b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl"  # then nothing
+
+
+def hold_stalled_connections(port: int, count: int) -> list[socket.socket]:
+    """`count` connections to `port`: every other one silent, the others a partial request head."""
+    held = []
+    for k in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if k % 2:
+            sock.sendall(PARTIAL_HEAD)
+        held.append(sock)
+    return held
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """True when the other end has closed `sock` (EOF or reset); False while it is open and silent."""
+    sock.settimeout(0.05)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 README_SECTION = "## Serve and scale out (Ray)"
 

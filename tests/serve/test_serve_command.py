@@ -193,6 +193,9 @@ def test_one_proxy_spreads_requests_over_every_nodes_replicas() -> None:
     from crisis_tool.runtime.serve.options import ServeOptions
     from crisis_tool.runtime.serve.server import controller_options
 
-    assert controller_options(ServeOptions()) is None
-    env = controller_options(ServeOptions(proxy_location="HeadOnly"))["runtime_env"]["env_vars"]
-    assert env == {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0"}
+    def env(**options: object) -> dict[str, str]:
+        return controller_options(ServeOptions(**options))["runtime_env"]["env_vars"]  # type: ignore[index]
+
+    assert "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING" not in env()
+    assert env(proxy_location="HeadOnly")["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] == "0"
+    assert env(body_timeout_s=3.0)["CRISIS_SERVE_HEAD_TIMEOUT_S"] == "3"  # the proxies' request-head deadline

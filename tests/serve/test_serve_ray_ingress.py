@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from serve_helpers import RAY_MISSING, b64, free_port, jpeg_declaring, png_bytes
+from serve_helpers import (
+    RAY_MISSING,
+    b64,
+    closed_by_peer,
+    free_port,
+    hold_stalled_connections,
+    jpeg_declaring,
+    png_bytes,
+)
 
 pytest.importorskip("ray", reason=RAY_MISSING)
 from ray import serve  # noqa: E402
@@ -82,6 +90,22 @@ def test_stalled_uploads_do_not_stop_another_client(server: RunningServer) -> No
     assert set(statuses) == {408, 429} and statuses.count(408) >= PER_CLIENT, statuses
     totals = stats()
     assert totals["uploads_cut"] + totals["uploads_refused"] >= STALLED and totals["uploads_in_flight"] == 0
+
+
+def test_silent_and_stalled_heads_are_closed_by_the_proxy(server: RunningServer) -> None:
+    """Ray Serve's own proxy never closes a connection that does not complete a request head;
+    `proxy_guard` makes it close them after --body-timeout-s (3 s here), serving others meanwhile."""
+    held = hold_stalled_connections(int(server.url.rsplit(":", 1)[1]), 300)
+    try:
+        status, _, body = predict(server, [{"id": "h", "text": "roads flooded", "image_b64": b64(png_bytes(1))}],
+                                  timeout=30)
+        assert (status, body[0]["error"]) == (200, None)
+        time.sleep(3.0 + 1.5)
+        still_open = sum(not closed_by_peer(sock) for sock in held)
+        assert still_open == 0, f"{still_open} of {len(held)} stalled connections still open after the deadline"
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_bombs_refused_and_replica_memory_stays(server: RunningServer) -> None:

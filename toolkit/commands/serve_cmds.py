@@ -83,7 +83,8 @@ def register(app: typer.Typer) -> None:
                                            help="Largest request body accepted."),
         max_records: int = typer.Option(_SERVE.max_records, "--max-records", min=1, help="Records per request."),
         body_timeout_s: float = typer.Option(_SERVE.body_timeout_s, "--body-timeout-s", min=0.1,
-                                             help="A request body must arrive within this time (else 408)."),
+                                             help="A request body must arrive within this time (else 408); "
+                                                  "a connection that sends no request head is closed then."),
         max_uploads_per_client: int = typer.Option(_SERVE.max_uploads_per_client, "--max-uploads-per-client",
                                                    min=1, help="Bodies one client may have arriving at once "
                                                    "(more: 429)."),
