@@ -10,7 +10,9 @@ as that record's error.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -19,17 +21,29 @@ from crisis_tool.runtime.records import Record, RecordError
 from crisis_tool.runtime.serve.predict_request import RequestRejected
 
 
-def declared_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the image's header, or None when it is not an image Pillow recognises.
+@dataclass(frozen=True)
+class Declared:
+    """What an image's header declares: its pixels, and how to say so ("7900x7900 = 62410000 pixels")."""
 
-    A header Pillow itself calls a decompression bomb (over twice its own pixel limit) counts as
-    (2**31, 2**31): over any budget.
+    pixels: int
+    text: str
+
+
+def declared(data: bytes) -> Declared | None:
+    """What the image's header declares, or None when it is not an image Pillow recognises.
+
+    A header Pillow itself calls a decompression bomb (over twice its own pixel limit) is refused by Pillow
+    before its size is read: the pixel count comes from Pillow's message.
     """
     try:
         with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:  # header only: nothing is decoded
-            return img.size
-    except Image.DecompressionBombError:
-        return (2**31, 2**31)
+            width, height = img.size
+            return Declared(width * height, f"{width}x{height} = {width * height} pixels")
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        if found is None:
+            return Declared(2**62, "more pixels than Pillow's decompression-bomb limit")
+        return Declared(int(found.group(1)), f"{int(found.group(1))} pixels")
     except Exception:  # noqa: BLE001 - not an image (or a broken header): the Predictor reports it per record
         return None
 
@@ -40,15 +54,13 @@ def check_pixel_budget(items: Sequence[Record | RecordError], max_image_pixels: 
     for item in items:
         if not isinstance(item, Record) or not isinstance(item.image, bytes) or not item.image:
             continue
-        size = declared_size(item.image)
-        if size is None:
+        header = declared(item.image)
+        if header is None:
             continue
-        width, height = size
-        pixels = width * height
-        if pixels > max_image_pixels:
-            raise RequestRejected(413, f"record {item.id}: image declares {width}x{height} = {pixels} pixels, above "
-                                  f"the per-image budget of {max_image_pixels}")
-        total += pixels
+        if header.pixels > max_image_pixels:
+            raise RequestRejected(413, f"record {item.id}: image declares {header.text}, above the per-image "
+                                  f"budget of {max_image_pixels}")
+        total += header.pixels
         if total > max_request_pixels:
             raise RequestRejected(413, f"the request's images declare over {max_request_pixels} pixels together "
                                   f"(the per-request budget), reached at record {item.id}")

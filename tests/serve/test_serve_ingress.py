@@ -156,6 +156,16 @@ def test_declared_7900_squared_jpeg_refused_before_decoding(local: Local, decode
     assert len(decode_calls) == 1  # nothing of that request was decoded, not even the good image
 
 
+def test_a_header_pillow_calls_a_bomb_is_refused_with_its_real_pixel_count(local: Local,
+                                                                          decode_calls: list[int]) -> None:
+    """30000x30000 is over twice Pillow's own limit: Pillow refuses the header before giving its size, and
+    the message once said "2147483648x2147483648" (a stand-in); it now says what the image declares."""
+    status, _, answer = local.predict([record("huge", jpeg_declaring(30000, 30000))])
+    assert status == 413 and not decode_calls
+    assert answer["error"] == ("record huge: image declares 900000000 pixels, above the per-image budget of "
+                               "50000000")
+
+
 def test_request_pixel_budget_counts_all_images(local: Local, settings: Any, decode_calls: list[int]) -> None:
     settings(max_image_pixels=5_000_000, max_request_pixels=12_000_000)
     images = [record(f"r{i}", jpeg_declaring(2000, 2000, seed=i)) for i in range(4)]  # 4 MP each
