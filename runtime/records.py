@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import stat
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from crisis_tool.runtime.errors import DataError, UsageError
 from crisis_tool.runtime.file_guard import UnsafeFileError, file_kind, read_capped
+from crisis_tool.runtime.line_reader import MAX_LINE_BYTES, LineTooLong, bounded_lines, fd_lines
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
@@ -99,6 +98,11 @@ def _resolve_image(value: str | None, base: Path | None) -> str | None:
     return str(path)
 
 
+def too_long(line_no: int, source: str) -> RecordError:
+    """The error record of a line over MAX_LINE_BYTES (read past, not kept)."""
+    return RecordError(None, f"{source}: line {line_no} is over {MAX_LINE_BYTES} bytes; not read", line_no, source)
+
+
 def _decode(raw: bytes, line_no: int, source: str) -> str | RecordError:
     try:
         return raw.decode("utf-8")
@@ -147,11 +151,14 @@ def parse_jsonl_line(raw: bytes, line_no: int, source: str, image_base: Path | N
 
 
 def iter_jsonl_stream(
-    stream: BinaryIO | Iterable[bytes], source: str, image_base: Path | None
+    lines: Iterable[bytes | LineTooLong], source: str, image_base: Path | None
 ) -> Iterator[Item]:
-    """Records of a binary JSONL stream, read lazily (works for stdin)."""
+    """Records of JSONL lines (`line_reader`'s: a line over its limit is that line's error), read lazily."""
     guard = _DuplicateGuard()
-    for line_no, raw in enumerate(stream, start=1):
+    for line_no, raw in enumerate(lines, start=1):
+        if isinstance(raw, LineTooLong):
+            yield too_long(line_no, source)
+            continue
         if line_no == 1 and raw.startswith(_BOM):
             raw = raw[len(_BOM) :]  # a UTF-8 byte order mark, as Windows editors write it
         item = parse_jsonl_line(raw, line_no, source, image_base)
@@ -164,37 +171,17 @@ def read_jsonl(path: str | Path, image_root: str | Path | None = None) -> Iterat
     path = Path(path)
     base = Path(image_root) if image_root is not None else path.resolve().parent
     with open(path, "rb") as fh:
-        yield from iter_jsonl_stream(fh, str(path), base)
+        yield from iter_jsonl_stream(bounded_lines(fh), str(path), base)
 
 
-def _fd_lines(fd: int, chunk: int = 1 << 16) -> Iterator[bytes]:
-    """Lines of file descriptor `fd` as they arrive, read with os.read.
-
-    Not through `sys.stdin.buffer`: a reader thread blocked in its readline holds the buffer's lock, and Python
-    aborts at exit ("could not acquire lock for <stdin>") when Ctrl-C ends a run whose stdin is still open.
-    """
-    parts: list[bytes] = []
-    while block := os.read(fd, chunk):
-        if b"\n" not in block:
-            parts.append(block)
-            continue
-        first, *middle, last = block.split(b"\n")
-        yield b"".join([*parts, first, b"\n"])
-        for line in middle:
-            yield line + b"\n"
-        parts = [last] if last else []
-    if parts:
-        yield b"".join(parts)
-
-
-def _stdin_lines() -> Iterator[bytes]:
+def _stdin_lines() -> Iterator[bytes | LineTooLong]:
     """stdin's lines: from its descriptor when it has one, else (a test's stand-in) from its buffer."""
     try:
         fd = sys.stdin.fileno()
     except (AttributeError, OSError, ValueError):
-        yield from iter(sys.stdin.buffer.readline, b"")
+        yield from bounded_lines(sys.stdin.buffer)
         return
-    yield from _fd_lines(fd)
+    yield from fd_lines(fd)
 
 
 def read_stdin(image_root: str | Path | None = None) -> Iterator[Item]:
@@ -226,13 +213,19 @@ def read_tsv(path: str | Path, image_root: str | Path | None) -> Iterator[Item]:
     source = str(path)
     guard = _DuplicateGuard()
     with open(path, "rb") as fh:
-        first = fh.readline()
+        lines = bounded_lines(fh)
+        first = next(lines, b"")
         if not first:
             raise DataError(f"{path}: empty file (expected a CrisisMMD header line)")
+        if isinstance(first, LineTooLong):
+            raise DataError(f"{path}: the header line is over {MAX_LINE_BYTES} bytes (not a CrisisMMD TSV)")
         header = _tsv_header(first, path)
         col = {name: i for i, name in enumerate(header)}
         llava_col = next((col[c] for c in LLAVA_COLUMNS if c in col), None)
-        for line_no, raw in enumerate(fh, start=2):
+        for line_no, raw in enumerate(lines, start=2):
+            if isinstance(raw, LineTooLong):
+                yield too_long(line_no, source)
+                continue
             line = _decode(raw, line_no, source)
             if isinstance(line, RecordError):
                 yield line

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from crisis_tool.runtime.errors import DataError
 from crisis_tool.runtime.image_decode import ImageLimits, load_image
+from crisis_tool.runtime.line_reader import LineTooLong, bounded_lines
 from crisis_tool.runtime.records import JSONL_SUFFIXES, Record, RecordError, read_records
 
 LABEL_FIELD = "label"
@@ -45,12 +46,19 @@ class LabelledSet:
 def _tsv_labels(path: Path) -> dict[int, str | None] | None:
     """Line number -> `label` column value (None when the line lacks it); None when there is no such column."""
     with open(path, "rb") as fh:
-        header = fh.readline().decode("utf-8-sig", errors="replace").rstrip("\r\n").split("\t")
+        lines = bounded_lines(fh)
+        first = next(lines, b"")
+        if isinstance(first, LineTooLong):
+            return None
+        header = first.decode("utf-8-sig", errors="replace").rstrip("\r\n").split("\t")
         if LABEL_FIELD not in header:
             return None
         col = header.index(LABEL_FIELD)
         out: dict[int, str | None] = {}
-        for line_no, raw in enumerate(fh, start=2):
+        for line_no, raw in enumerate(lines, start=2):
+            if isinstance(raw, LineTooLong):
+                out[line_no] = None
+                continue
             fields = raw.decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
             out[line_no] = fields[col] if len(fields) > col else None
     return out
@@ -61,7 +69,9 @@ def _jsonl_labels(path: Path) -> dict[int, str | None] | None:
     out: dict[int, str | None] = {}
     found = False
     with open(path, "rb") as fh:
-        for line_no, raw in enumerate(fh, start=1):
+        for line_no, raw in enumerate(bounded_lines(fh), start=1):
+            if isinstance(raw, LineTooLong):
+                continue
             try:
                 obj = json.loads(raw.decode("utf-8-sig"))
             except ValueError:

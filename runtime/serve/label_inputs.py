@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from crisis_tool.runtime.errors import UsageError
+from crisis_tool.runtime.line_reader import LineTooLong, bounded_lines
 from crisis_tool.runtime.records import (
     JSONL_SUFFIXES,
     Record,
@@ -115,7 +116,7 @@ def count_records(path: Path) -> int:
 
             return int(pq.ParquetFile(path).metadata.num_rows)
         with open(path, "rb") as fh:
-            lines = sum(1 for raw in fh if raw.strip())
+            lines = sum(1 for raw in bounded_lines(fh) if isinstance(raw, LineTooLong) or raw.strip())
         return max(lines - 1, 0) if path.suffix.lower() == ".tsv" else lines
     except Exception:
         return 0

@@ -123,13 +123,13 @@ def test_unsupported_or_missing_source(tmp_path: Path) -> None:
 
 
 def test_stdin_descriptor_lines_survive_any_chunking() -> None:
-    from crisis_tool.runtime.records import _fd_lines
+    from crisis_tool.runtime.line_reader import fd_lines
 
     data = b'{"id": "1"}\n\n' + b"x" * 1000 + b"\nlast line without newline"
     for chunk in (1, 7, 64, 1 << 16):
         read_fd, write_fd = os.pipe()
         os.write(write_fd, data)
         os.close(write_fd)
-        lines = list(_fd_lines(read_fd, chunk))
+        lines = list(fd_lines(read_fd, chunk=chunk))
         os.close(read_fd)
         assert lines == data.splitlines(keepends=True)
