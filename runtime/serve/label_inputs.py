@@ -4,7 +4,8 @@ Inputs are JSONL (`.jsonl`, `.ndjson`, `.json`), CrisisMMD TSV (`.tsv`, needs an
 (`.parquet`, columns id, text, image, llava_text?); a path may be a file, a folder (its input files, not
 recursive) or a glob. Records are read by the runtime's readers, so a bad line becomes an error row exactly
 as in `predict`. Parquet rows go through the JSONL reader (one row = one JSON object), with the same checks;
-a Parquet file whose footer is damaged, or a row group that cannot be decoded, is one error row naming it.
+a Parquet file whose footer is damaged, or (the rest of) a row group that cannot be decoded, is one error row
+naming it. Row groups are decoded PARQUET_BATCH_ROWS rows at a time, so memory does not follow their size.
 In the rows, "" stands for a missing string (a column of nulls would not keep its string type).
 Each input `NAME.ext` yields `NAME.predictions.<format>` in the output folder.
 """
@@ -29,6 +30,7 @@ from crisis_tool.runtime.records import (
 )
 
 PARQUET_SUFFIX = ".parquet"
+PARQUET_BATCH_ROWS = 1024  # rows decoded at a time
 INPUT_SUFFIXES = JSONL_SUFFIXES | {".tsv", PARQUET_SUFFIX}
 
 
@@ -88,18 +90,17 @@ def iter_parquet_records(path: Path, base: Path) -> Iterator[Record | RecordErro
         return
     guard, first_row = _DuplicateGuard("row"), 1
     for group, size in enumerate(sizes):
-        try:
-            rows = parquet.read_row_group(group).to_pylist()
+        row, last = first_row, first_row + size - 1
+        try:  # in batches: a few hundred KB of dictionary-encoded rows can decode to GBs of Python objects
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
+                for values in batch.to_pylist():
+                    item = parse_jsonl_line(json.dumps(values, default=str).encode("utf-8"), row, str(path), base)
+                    row += 1
+                    if item is not None:
+                        yield guard(item)
         except Exception as exc:
-            last = first_row + size - 1
-            yield RecordError(None, f"{path}: Parquet row group {group} (rows {first_row}-{last}) is unreadable, "
-                              f"its rows were not labelled ({_one_line(exc)})", first_row, str(path))
-        else:
-            for offset, row in enumerate(rows):
-                item = parse_jsonl_line(json.dumps(row, default=str).encode("utf-8"), first_row + offset, str(path),
-                                        base)
-                if item is not None:
-                    yield guard(item)
+            yield RecordError(None, f"{path}: Parquet row group {group} (rows {row}-{last}) is unreadable, "
+                              f"its rows were not labelled ({_one_line(exc)})", row, str(path))
         first_row += size
 
 
