@@ -1,4 +1,4 @@
-"""Ctrl-C that ends a run within a second, whatever its worker threads are doing.
+"""Ctrl-C (or SIGTERM) that ends a run within a second, whatever its worker threads are doing.
 
 Python turns SIGINT into KeyboardInterrupt in the main thread, but only when that thread next runs Python
 code, and at exit it joins worker threads (a decode pool, a backend's threads) that may be busy. Inside
@@ -22,6 +22,7 @@ from crisis_tool.runtime.errors import CrisisToolError
 
 EXIT_INTERRUPTED = 130
 _reported = threading.Event()
+_armed = threading.Event()  # inside `prompt_interrupt`
 _cleanups: list[Callable[[], None]] = []
 
 
@@ -50,7 +51,7 @@ def _watch(reader: socket.socket, grace_s: float) -> None:
             data = reader.recv(64)
             if not data:
                 return  # the context ended normally
-            if signal.SIGINT in data:
+            if signal.SIGINT in data or signal.SIGTERM in data:
                 break
     except OSError:
         return
@@ -64,9 +65,21 @@ def _watch(reader: socket.socket, grace_s: float) -> None:
     os._exit(EXIT_INTERRUPTED)
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def sigterm_as_ctrl_c() -> None:
+    """Within `prompt_interrupt`, make SIGTERM do what Ctrl-C does again, over a handler a library installed
+    meanwhile (Ray's driver exits with code 15 after a C-level stack dump). A no-op outside the block."""
+    if _armed.is_set() and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
 @contextlib.contextmanager
 def prompt_interrupt(grace_s: float = 0.7) -> Iterator[None]:
-    """Within the block, Ctrl-C ends the process at most `grace_s` after the main thread was asked to stop.
+    """Within the block, Ctrl-C or SIGTERM (a service manager, `docker stop`) ends the process at most
+    `grace_s` after the main thread was asked to stop.
 
     A no-op outside the main thread. After a Ctrl-C the watcher stays armed past the block, so a slow exit
     (joining busy threads) is still cut short.
@@ -77,6 +90,8 @@ def prompt_interrupt(grace_s: float = 0.7) -> Iterator[None]:
     reader, writer = socket.socketpair()
     writer.setblocking(False)
     previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    _armed.set()
     watcher = threading.Thread(target=_watch, args=(reader, grace_s), daemon=True, name="crisis-interrupt")
     watcher.start()
     interrupted = False
@@ -86,6 +101,8 @@ def prompt_interrupt(grace_s: float = 0.7) -> Iterator[None]:
         interrupted = True
         raise
     finally:
+        _armed.clear()
+        signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)
         signal.set_wakeup_fd(previous)
         if not interrupted:
             writer.close()  # the watcher sees end-of-file and stops

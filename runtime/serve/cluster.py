@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from crisis_tool.runtime.errors import MissingDependencyError, UsageError
+from crisis_tool.runtime.interrupts import sigterm_as_ctrl_c
 
 INSTALL_HINT = "pip install 'crisis-tool[serve]'"
 # Ray's switch between "local only" and "may form a cluster"; off, the node's address is 127.0.0.1.
@@ -103,6 +104,7 @@ def ray_session(address: str | None, num_cpus: int | None = None, verbose: bool 
     except ConnectionError as exc:
         raise UsageError(f"cannot reach the Ray cluster at {address}: {exc}") from None
     set_library_log_level(verbose)
+    sigterm_as_ctrl_c()  # ray.init made SIGTERM exit at once (code 15, a C-level stack dump)
     try:
         yield
     finally:

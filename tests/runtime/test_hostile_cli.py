@@ -120,9 +120,11 @@ def _start_predict(bundle: Path, output: str, tmp_path: Path) -> subprocess.Pope
     )
 
 
-@pytest.mark.parametrize("to_file", [True, False])
+@pytest.mark.parametrize(("to_file", "stop"), [(True, signal.SIGINT), (False, signal.SIGINT), (True, signal.SIGTERM)],
+                         ids=["file-ctrl-c", "stdout-ctrl-c", "file-sigterm"])
 def test_ctrl_c_ends_with_one_line_and_keeps_a_valid_prefix(tiny_bundle: Path, image: Path, tmp_path: Path,
-                                                            to_file: bool) -> None:
+                                                            to_file: bool, stop: signal.Signals) -> None:
+    """Ctrl-C, or SIGTERM (a service manager, `docker stop`), the same way."""
     out = tmp_path / "out.jsonl"
     if to_file:
         out.write_text("previous run\n")
@@ -141,7 +143,7 @@ def test_ctrl_c_ends_with_one_line_and_keeps_a_valid_prefix(tiny_bundle: Path, i
         first = proc.stdout.readline()
         assert json.loads(first)["id"] == "r0"
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     proc.wait(timeout=30)  # a hang guard only: stdin stays open, so without the handler it never ends
     assert proc.stderr is not None
     stdout, stderr = proc.stdout.read(), proc.stderr.read()
@@ -158,7 +160,8 @@ def test_ctrl_c_ends_with_one_line_and_keeps_a_valid_prefix(tiny_bundle: Path, i
         assert [json.loads(line)["id"] for line in rows] == ["r0", "r1", "r2", "r3"]
 
 
-def test_ctrl_c_ends_the_process_even_when_a_worker_is_busy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_ends_the_process_even_when_a_worker_is_busy(tmp_path: Path, stop: signal.Signals) -> None:
     """The interpreter waits for non-daemon worker threads at exit; the watcher ends it within its grace."""
     script = (
         "import threading, time\n"
@@ -170,7 +173,7 @@ def test_ctrl_c_ends_the_process_even_when_a_worker_is_busy(tmp_path: Path) -> N
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, stderr = proc.communicate(timeout=30)  # < the worker's 60 s: the watcher ended it (latency: benchmarks/)
     assert proc.returncode == 130
     assert stderr.decode().strip().splitlines()[-1] == "error: interrupted"

@@ -64,7 +64,10 @@ def answered(out: Path) -> int:
     return lines
 
 
-def test_ctrl_c_keeps_a_resumable_partial_and_the_rerun_completes_it(tiny_bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_keeps_a_resumable_partial_and_the_rerun_completes_it(tiny_bundle: Path, tmp_path: Path,
+                                                                     stop: signal.Signals) -> None:
+    """Ctrl-C, or SIGTERM (a service manager, `docker stop`, `kill`), stops it the same way."""
     ids = make_inputs(tmp_path / "in")
     out = tmp_path / "out"
     ray_tmp = tempfile.mkdtemp(prefix="ctl-", dir="/tmp")  # this run's Ray only: its sessions live here
@@ -78,7 +81,7 @@ def test_ctrl_c_keeps_a_resumable_partial_and_the_rerun_completes_it(tiny_bundle
             while answered(out) == 0:
                 assert run.poll() is None and time.monotonic() < deadline, "label ended before Ctrl-C"
                 time.sleep(0.05)
-            run.send_signal(signal.SIGINT)
+            run.send_signal(stop)
             _, stderr = run.communicate(timeout=30)  # stops within seconds (its grace is 5 s) or the test fails
         finally:
             if run.poll() is None:
