@@ -1,4 +1,4 @@
-"""Connections that hold no request in progress are bounded in time and in number (`serve --no-ray`).
+"""Connections that hold no request in progress, bounded in time and in number (`serve`, both servers).
 
 uvicorn closes a kept-alive connection left idle after an answer, but not one that never completes a request
 head: a client that connects and sends nothing, or trickles a few header bytes and stalls, holds a file
@@ -6,13 +6,13 @@ descriptor for ever. Enough of them and the process cannot accept anyone (EMFILE
 waits for a request head (a new one, or the next on a kept-alive connection) is closed after `timeout_s`, and
 when `most` of them wait at once the oldest is closed to admit a new one, so a crowd of silent connections
 never locks the door for a client that sends its request in one go. A connection whose head has arrived is
-the body guard's (`http_guard`) and then the model's. Nothing here imports Ray.
+the body guard's (`http_guard`) and then the model's. `serve --no-ray` gives uvicorn this protocol;
+`proxy_guard` installs it in Ray Serve's proxies. Nothing here imports Ray.
 """
 
 from __future__ import annotations
 
 import asyncio
-import resource
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,8 +59,14 @@ class WaitingConnections:
 def most_waiting(soft_limit: int | None = None) -> int:
     """MOST_WAITING, or fewer so that waiting connections leave DESCRIPTORS_KEPT of the process's limit."""
     if soft_limit is None:
+        try:
+            import resource  # POSIX only
+        except ImportError:
+            return MOST_WAITING
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft_limit == resource.RLIM_INFINITY:
+        if soft_limit == resource.RLIM_INFINITY:
+            return MOST_WAITING
+    if soft_limit < 0:  # RLIM_INFINITY, passed in
         return MOST_WAITING
     return max(8, min(MOST_WAITING, (soft_limit - DESCRIPTORS_KEPT) // 2))
 
