@@ -87,17 +87,24 @@ def build_api(service: ServiceCore, observe: Any = None) -> FastAPI:
         start = time.perf_counter()
         path = request.url.path
         service.in_flight += 1
+        held = 0
         try:
             if path not in OPEN_PATHS and not bearer_ok(request.headers.get("authorization"),
                                                         service.settings.token_sha256):
                 response = error_response(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)")
             else:
+                if request.method == "POST":  # a body to hold: within the server's budget, or 503 now
+                    held = service.held.reserve(request.headers.get("content-length"),
+                                                service.settings.max_body_bytes)
                 response = await call_next(request)
+        except RequestRejected as exc:
+            response = error_response(exc.status, exc.message)
         except Exception as exc:  # noqa: BLE001 - a bug of ours fails this request, never the replica
             log.error("request to %s failed", path, exc_info=exc)
             response = error_response(500, f"internal error: {type(exc).__name__}")
         finally:
             service.in_flight -= 1
+            service.held.release(held)
         if observe is not None:
             route = request.scope.get("route")
             observe(getattr(route, "path", "other"), response.status_code, time.perf_counter() - start)

@@ -4,8 +4,8 @@ A body must arrive within `deadline_s` (else 408). While bodies arrive, each cli
 most `per_client` of them in flight: one more is refused at once with 429. All clients together may have
 `total` in flight: a new upload then cuts the oldest one (408), so a crowd of stalled connections never
 locks the door for a client that sends its request in one go. The body is capped at `limit` bytes (413,
-declared or streamed). Nothing here imports Ray: the same guard runs in a Ray Serve replica and in a plain
-ASGI server.
+declared or streamed), and the bodies held at once at `HeldBodies.limit` (503 + Retry-After beyond it).
+Nothing here imports Ray: the same guard runs in a Ray Serve replica and in a plain ASGI server.
 """
 
 from __future__ import annotations
@@ -81,6 +81,33 @@ class UploadGuard:
         self.cut_total += 1
         if oldest.task is not None:
             oldest.task.cancel()
+
+
+@dataclass
+class HeldBodies:
+    """Bytes of request bodies held at once (from before a body is read until its answer is sent), at most
+    `limit`: a burst of large, valid requests is refused with 503 (and retried) instead of filling memory.
+
+    A request is counted at its Content-Length, or at the body limit when it declares none (chunked). One
+    request is always admitted when nothing is held, so the largest allowed body is never refused for good.
+    """
+
+    limit: int
+    held: int = 0
+    refused_total: int = 0  # requests refused since start
+
+    def reserve(self, declared: str | None, body_limit: int) -> int:
+        """The bytes this request holds (release them when it is answered); RequestRejected(503) when over."""
+        size = min(int(declared), body_limit) if declared is not None and declared.isdigit() else body_limit
+        if self.held and self.held + size > self.limit:
+            self.refused_total += 1
+            raise RequestRejected(503, f"the server holds {self.held >> 20} MiB of requests, its limit is "
+                                  f"{self.limit >> 20} MiB; retry shortly")
+        self.held += size
+        return size
+
+    def release(self, size: int) -> None:
+        self.held -= size
 
 
 def check_declared_length(declared: str | None, limit: int) -> None:

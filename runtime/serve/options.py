@@ -23,7 +23,8 @@ class ServeOptions:
     Hardening (see `http_guard`, `connection_guard` and `decode_budget`): a request body must arrive within
     `body_timeout_s`, and a connection that sends no request head is closed after it; one client may have at
     most `max_uploads_per_client` bodies in flight (more are refused with 429) and all clients together
-    `max_uploads_total` (the oldest is cut to admit a new one); the images of one request may declare at most
+    `max_uploads_total` (the oldest is cut to admit a new one); bodies held at once stay within
+    `max_held_bytes` (503 + Retry-After beyond it); the images of one request may declare at most
     `max_image_pixels` each and `max_request_pixels` together (413 before decoding).
     """
 
@@ -41,6 +42,9 @@ class ServeOptions:
     # per replica; a request whose body is still arriving holds one, so this stays above max_uploads_total
     max_ongoing_requests: int = 512
     max_body_bytes: int = 16 * 1024 * 1024
+    # request bodies one replica (or the --no-ray server) holds at once (each counted at its Content-Length, or
+    # max_body_bytes when it has none); a request beyond it gets 503 + Retry-After before its body is read
+    max_held_bytes: int = 256 * 1024 * 1024
     max_records: int = 256  # records in one request
     body_timeout_s: float = 10.0
     max_uploads_per_client: int = 64
@@ -70,6 +74,9 @@ class ServeOptions:
         if self.max_ongoing_requests < self.max_uploads_total + self.batch_size:
             raise UsageError("--max-ongoing-requests must be at least --max-uploads-total + --batch-size, or slow "
                              "uploads could hold every request slot")
+        if self.max_held_bytes < self.max_body_bytes:
+            raise UsageError("--max-held-bytes must be at least --max-body-bytes, or the largest request could "
+                             "never be held")
         if self.max_uploads_per_client > self.max_uploads_total:
             raise UsageError("--max-uploads-per-client cannot be above --max-uploads-total")
         if self.max_image_pixels > self.max_request_pixels:

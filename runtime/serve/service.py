@@ -21,7 +21,7 @@ from PIL import Image
 
 from crisis_tool.runtime.bundle import MANIFEST_NAME
 from crisis_tool.runtime.records import Record, RecordError
-from crisis_tool.runtime.serve.http_guard import UploadGuard
+from crisis_tool.runtime.serve.http_guard import HeldBodies, UploadGuard
 from crisis_tool.runtime.serve.options import PredictorOptions, ServeOptions
 from crisis_tool.runtime.serve.task_view import HeadInfo, head_infos
 
@@ -74,6 +74,7 @@ class ServiceCore:
         self.predictor = predictor_options.load()
         self.guard = UploadGuard(serve_options.body_timeout_s, serve_options.max_uploads_per_client,
                                  serve_options.max_uploads_total)
+        self.held = HeldBodies(serve_options.max_held_bytes)
         self.trimmer = MemoryTrimmer()
         self.heads: list[HeadInfo] = head_infos(self.predictor)
         self.model_name = serve_options.model_name or Path(predictor_options.bundle).name
@@ -122,6 +123,7 @@ class ServiceCore:
     def guard_stats(self) -> dict[str, float]:
         return {"uploads_in_flight": self.guard.in_flight, "uploads_cut": self.guard.cut_total,
                 "uploads_refused": self.guard.refused_total, "in_flight": self.in_flight,
+                "held_bytes": self.held.held, "held_refused": self.held.refused_total,
                 "draining": float(self.draining), "rss_bytes": rss_bytes()}
 
 

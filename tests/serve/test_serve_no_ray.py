@@ -135,12 +135,16 @@ def test_serves_without_ray_equal_to_predict_and_batched_across_requests(tiny_bu
 
 
 @pytest.fixture
-def gated(tiny_bundle: Path) -> Iterator[tuple[int, threading.Event, threading.Event, threading.Thread]]:
-    """serve_local in a thread of this process, its model held until `gate` is set: (port, gate, stop, thread)."""
+def gated(tiny_bundle: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, threading.Event, threading.Event,
+                                                                             threading.Thread]]:
+    """serve_local in a thread of this process, its model held until `gate` is set: (port, gate, stop, thread).
+    A test's `@pytest.mark.serve_options(...)` adds ServeOptions."""
     from crisis_tool.runtime.serve.local_server import RunningLocal, serve_local
     from crisis_tool.runtime.serve.options import PredictorOptions, ServeOptions
 
     port, gate, stop, ready = free_port(), threading.Event(), threading.Event(), threading.Event()
+    marker = request.node.get_closest_marker("serve_options")
+    extra = marker.kwargs if marker else {}
 
     def on_ready(server: RunningLocal) -> None:
         real = server.service.predictor.predict
@@ -153,7 +157,8 @@ def gated(tiny_bundle: Path) -> Iterator[tuple[int, threading.Event, threading.E
         ready.set()
 
     thread = threading.Thread(target=serve_local, args=(PredictorOptions(bundle=tiny_bundle, threads=1),
-                                                        ServeOptions(port=port, drain_s=30), on_ready, stop))
+                                                        ServeOptions(port=port, drain_s=30, **extra), on_ready,
+                                                        stop))
     thread.start()
     assert ready.wait(120), "serve_local did not start"
     yield port, gate, stop, thread
@@ -187,3 +192,33 @@ def test_drain_answers_503_while_a_request_finishes_then_closes(gated) -> None:
     assert not thread.is_alive()
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
+
+
+@pytest.mark.serve_options(max_body_bytes=1 << 20, max_held_bytes=2 << 20)
+def test_bodies_held_at_once_stay_within_the_budget(gated) -> None:
+    """Two 800 KB requests wait for the (held) model: a third would hold 2.4 MB of a 2 MiB budget and gets
+    503 + Retry-After before its body is read; once the two are answered, it is admitted."""
+    port, gate, _, _ = gated
+
+    def big(i: int) -> dict[str, str]:
+        return {**record(i), "text": "flood " * 135_000}  # about 800 KB of JSON
+
+    waiting: list[Any] = []
+    workers = [threading.Thread(target=lambda i=i: waiting.append(post(port, big(i)))) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    deadline = time.monotonic() + 30
+    while get(port, "/v1/stats")[1]["held_bytes"] < 1_600_000:
+        assert time.monotonic() < deadline, "the two requests were never held"
+        time.sleep(0.05)
+    status, headers, body = post(port, big(2))
+    assert status == 503 and headers["retry-after"] == "5", (status, body)
+    assert body["error"].startswith("the server holds 1 MiB of requests, its limit is 2 MiB"), body
+    gate.set()
+    for worker in workers:
+        worker.join(timeout=30)
+    assert sorted(status for status, _, _ in waiting) == [200, 200]
+    status, _, answer = post(port, big(2))
+    assert status == 200 and answer["id"] == "r2" and answer["error"] is None
+    totals = get(port, "/v1/stats")[1]
+    assert totals["held_bytes"] == 0 and totals["held_refused"] == 1

@@ -117,3 +117,10 @@ def test_image_over_the_limit_is_that_records_error(limited_server) -> None:
     with urllib.request.urlopen(f"{limited_server.url}/v1/model", timeout=30) as response:
         model = json.load(response)
     assert (model["decode"], model["max_image_bytes"]) == ("fast", MAX_IMAGE_BYTES)
+
+
+def test_a_held_budget_below_the_body_limit_is_one_line(tiny_bundle: Path, capfd, no_ray) -> None:
+    assert run(["serve", "--bundle", str(tiny_bundle), "--port", str(free_port()), "--max-body-bytes", "2000000",
+                "--max-held-bytes", "1000000"]) == 2
+    err = capfd.readouterr().err
+    assert "--max-held-bytes must be at least --max-body-bytes" in err and len(err.strip().splitlines()) == 1, err

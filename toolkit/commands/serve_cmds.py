@@ -81,6 +81,9 @@ def register(app: typer.Typer) -> None:
                                                  help="Requests in flight per replica."),
         max_body_bytes: int = typer.Option(_SERVE.max_body_bytes, "--max-body-bytes", min=1,
                                            help="Largest request body accepted."),
+        max_held_bytes: int = typer.Option(_SERVE.max_held_bytes, "--max-held-bytes", min=1,
+                                           help="Request bodies held at once per replica (more: 503 + "
+                                                "Retry-After, before the body is read)."),
         max_records: int = typer.Option(_SERVE.max_records, "--max-records", min=1, help="Records per request."),
         body_timeout_s: float = typer.Option(_SERVE.body_timeout_s, "--body-timeout-s", min=0.1,
                                              help="A request body must arrive within this time (else 408); "
@@ -124,7 +127,8 @@ def register(app: typer.Typer) -> None:
             cpus_per_replica=cpus_per_replica,
             batch_size=deprecated_alias(batch_size, max_batch, "--max-batch", "--batch-size", unset=_SERVE.batch_size),
             batch_wait_ms=batch_wait_ms, max_ongoing_requests=max_ongoing_requests,
-            max_body_bytes=max_body_bytes, max_records=max_records, body_timeout_s=body_timeout_s,
+            max_body_bytes=max_body_bytes, max_held_bytes=max_held_bytes, max_records=max_records,
+            body_timeout_s=body_timeout_s,
             max_uploads_per_client=max_uploads_per_client, max_uploads_total=max_uploads_total,
             max_image_pixels=max_image_pixels, max_request_pixels=max_request_pixels,
             token_sha256=read_token_digest(token_file) if token_file is not None else None,
