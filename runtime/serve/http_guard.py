@@ -101,8 +101,8 @@ class HeldBodies:
         size = min(int(declared), body_limit) if declared is not None and declared.isdigit() else body_limit
         if self.held and self.held + size > self.limit:
             self.refused_total += 1
-            raise RequestRejected(503, f"the server holds {self.held >> 20} MiB of requests, its limit is "
-                                  f"{self.limit >> 20} MiB; retry shortly")
+            raise RequestRejected(503, f"the server holds {self.held / 2**20:.1f} MiB of requests, its limit is "
+                                  f"{self.limit / 2**20:.1f} MiB; retry shortly")
         self.held += size
         return size
 
