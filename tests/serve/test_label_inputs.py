@@ -5,6 +5,9 @@ one `end` row holding its record count."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +87,10 @@ def test_count_records_for_the_progress_bar(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from Linux /proc")
 def test_a_small_parquet_of_2m_rows_is_read_in_bounded_memory(tmp_path: Path) -> None:
-    """A few hundred KB of dictionary-encoded rows in one row group decode to over 1 GB of Python objects
-    when the row group is read whole; the reader streams it in batches. The child's peak RSS may grow by
+    """A 38 KB file of 2 million dictionary-encoded rows in one row group decodes to over 1 GB of Python
+    objects when the row group is read whole; the reader streams it in batches. The child's peak RSS may grow by
     200 MB at most (its address space is capped 3 GB above its start, so a regression cannot take the
     machine; pyarrow reserves far more address space than it touches, so the cap itself cannot be tight)."""
-    import subprocess
-    import sys
-    import textwrap
-
     n = 2_000_000
     path = tmp_path / "many.parquet"
     table = pa.table({"id": pa.array(["p"] * n), "text": pa.array(["flood water in the street " * 4] * n),
